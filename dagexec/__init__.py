@@ -1,0 +1,42 @@
+"""dagexec: run a DAG of Python tasks with maximum parallelism; shared work runs exactly once.
+
+::
+
+    import dagexec
+
+    g = dagexec.Graph()
+    tree = g.add("parse:a", parse, "a.md", kind="process")
+    g.add("check:a:r1", check, tree, "r1")
+    results = g.run()
+"""
+
+from ._errors import (
+    CycleError,
+    DagexecError,
+    DuplicateKeyError,
+    GraphError,
+    MissingDependencyError,
+    TaskFailed,
+    WorkerDied,
+)
+from ._graph import Graph, Ref
+from ._results import Results, RunStats
+from ._runner import Runner
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "CycleError",
+    "DagexecError",
+    "DuplicateKeyError",
+    "Graph",
+    "GraphError",
+    "MissingDependencyError",
+    "Ref",
+    "Results",
+    "RunStats",
+    "Runner",
+    "TaskFailed",
+    "WorkerDied",
+    "__version__",
+]

@@ -1,0 +1,427 @@
+"""Runner: the driver loop, the once-map and the pools wired together.
+
+::
+
+    Runner.run(graph) ──▶ _Run: RunState (pure)  ◀── one SimpleQueue of (calls, outcomes)
+                              │ ready keys                         ▲
+                              ▼                                    │ sink
+                          OnceMap.claim ──owner──▶ Pools[kind].submit(calls, sink)
+                              │ not owner
+                              └──▶ OnceMap.subscribe ──▶ the same queue
+
+The thread that calls ``run`` owns its run's state and is the only one to touch it;
+pools and other callers only put messages on the run's queue. ``Runner.submit`` needs no
+loop: its owner hands the task to a pool whose sink settles the once-cell.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from concurrent.futures import Executor, Future, InvalidStateError
+from queue import Empty, SimpleQueue
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from ._errors import DuplicateKeyError, TaskFailed, WorkerDied
+from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task
+from ._once import Cell, OnceMap
+from ._pools import Call, Outcome, Pool, Pools, Unpicklable, current_thread_pool, run_calls
+from ._results import Results, RunStats
+from ._state import RunState
+
+__all__ = ["Runner"]
+
+T = TypeVar("T")
+
+_POLL = 0.1  # seconds the loop blocks at most, so Ctrl-C is handled promptly
+
+
+class _TaskFuture(Future[T]):
+    """A Future whose waiters on a dagexec worker thread lend their pool a thread."""
+
+    def result(self, timeout: float | None = None) -> T:
+        pool = current_thread_pool()
+        if pool is None or self.done():
+            return super().result(timeout)
+        with pool.blocking():
+            return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        pool = current_thread_pool()
+        if pool is None or self.done():
+            return super().exception(timeout)
+        with pool.blocking():
+            return super().exception(timeout)
+
+
+def task_failed(key: Hashable, exc: BaseException) -> TaskFailed:
+    """Wrap a task's exception in a TaskFailed whose message says what happened."""
+    cause: BaseException | None = exc
+    if isinstance(exc, TaskFailed):
+        return exc
+    if isinstance(exc, Unpicklable):
+        culprit = "" if exc.key == key else f" (in its chain, task {exc.key!r})"
+        reason = (
+            f"{exc.what}{culprit}: {exc.detail}; pass and return plain data, or use kind='thread'"
+        )
+        cause = exc.__cause__ or exc
+    elif isinstance(exc, WorkerDied):
+        reason = "lost its process worker, which died while running it"
+    elif isinstance(exc, DuplicateKeyError):
+        reason = "is being computed under the same key with a different definition"
+    else:
+        reason = f"raised {type(exc).__name__}"
+    failed = TaskFailed(key, reason)
+    failed.__cause__ = cause
+    return failed
+
+
+class Runner:
+    """Run graphs and single tasks on shared pools, each key at most once at a time.
+
+    The Runner is the once-cell map made public: concurrent ``submit``s and ``run``s of
+    one key, from any number of threads, share one execution and one result. It holds
+    the values it handed out (targets of runs, submitted results) and reuses them for
+    later runs of the same definitions; ``clear()`` forgets them.
+
+    Args:
+        max_workers: pool size, an int for every kind or a dict per kind. Defaults:
+            threads as ``concurrent.futures`` (min(32, cpus + 4)), processes = physical
+            cores.
+        executors: a ``concurrent.futures.Executor`` per kind to use instead of our own
+            pool; dagexec never shuts down an executor it did not create.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | Mapping[str, int] | None = None,
+        executors: Mapping[str, Executor] | None = None,
+    ) -> None:
+        self._pools = Pools(max_workers, executors)
+        self._once = OnceMap()
+        self._closed = False
+        # Set by Graph.run: nobody else can reach this Runner, so the sorter alone
+        # guarantees exactly-once and runs skip the once-map.
+        self._private = False
+
+    def submit(
+        self,
+        key: Hashable,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        kind: str = "thread",
+        **kwargs: Any,
+    ) -> Future[T]:
+        """Run ``fn(*args, **kwargs)`` as task ``key`` unless it is running or held already.
+
+        Every caller of the same key gets a future of the one execution. A failure sets
+        a ``TaskFailed`` whose ``__cause__`` is the task's exception. Safe to call from
+        any thread, including from inside a task (a waiting worker lends its pool a
+        thread, so a pool of one worker does not deadlock).
+        """
+        self._check_open()
+        task = _submitted_task(key, fn, args, kwargs, kind)
+        future: _TaskFuture[T] = _TaskFuture()
+        cell, owner = self._once.claim(task, hold=True)
+        self._once.subscribe(cell, lambda ok, value: _settle_future(future, key, ok, value))
+        if owner:
+            self._start(task, cell)
+        return future
+
+    def _start(self, task: _Task, cell: Cell) -> None:
+        calls: list[Call] = [(task.key, task.fn, task.args, task.kwargs, False)]
+        pool = current_thread_pool()
+        if task.kind == "inline" or (task.kind == "thread" and pool is self._pools.get("thread")):
+            # Already on one of our threads: run it here rather than queue behind ourselves.
+            ok, value = run_calls(calls)[0]
+            self._once.settle(cell, ok, value)
+            return
+        self._pools.get(task.kind).submit(
+            calls, lambda _calls, outcomes: self._once.settle(cell, *outcomes[0])
+        )
+
+    def run(
+        self,
+        graph: Graph,
+        *,
+        targets: Iterable[Hashable | Ref[Any]] | None = None,
+        keep: Literal["targets", "all"] = "targets",
+        on_error: Literal["raise", "continue"] = "raise",
+    ) -> Results:
+        """Run ``graph`` and return the values of its targets.
+
+        Args:
+            graph: the graph to run; keys this Runner holds with the same definition are
+                reused, not run again.
+            targets: keys (or Refs) to compute, with their ancestors only. Default: every
+                task, returning the values of the sinks (tasks nothing depends on).
+            keep: ``"targets"`` drops each intermediate value as soon as its last
+                dependent has finished; ``"all"`` keeps and returns every value.
+            on_error: ``"raise"`` stops dispatching at the first failure, lets running
+                tasks finish and raises its ``TaskFailed`` (``.results`` holds what
+                completed); ``"continue"`` runs everything that does not depend on a
+                failure and reports failures in ``Results.errors``.
+
+        Raises:
+            MissingDependencyError, CycleError: before any task starts.
+            TaskFailed: with ``on_error="raise"``, the first failure.
+        """
+        self._check_open()
+        if keep not in ("targets", "all"):
+            raise ValueError(f"keep must be 'targets' or 'all', not {keep!r}")
+        if on_error not in ("raise", "continue"):
+            raise ValueError(f"on_error must be 'raise' or 'continue', not {on_error!r}")
+        if not isinstance(graph, Graph):
+            raise TypeError(f"Runner.run needs a dagexec.Graph, not {type(graph).__name__}")
+        run = _Run(self, graph, _target_keys(graph, targets), keep == "all", on_error == "raise")
+        pool = current_thread_pool()
+        if pool is None:
+            return run.execute()
+        with pool.blocking():  # a nested run waits on a worker thread: lend a thread
+            return run.execute()
+
+    def clear(self) -> None:
+        """Drop every value this Runner holds; later runs compute them again."""
+        self._once.clear()
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Shut down the pools this Runner created (never the executors it was given)."""
+        self._closed = True
+        self._pools.shutdown(wait=wait)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Runner is shut down; create a new one")
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown(wait=True)
+
+
+def _submitted_task(
+    key: Hashable, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], kind: str
+) -> _Task:
+    try:
+        hash(key)
+    except TypeError:
+        raise TypeError(f"task key {key!r} is not hashable; use a str, int or tuple") from None
+    if not callable(fn):
+        raise TypeError(f"task {key!r}: {fn!r} is not callable; pass a function as fn")
+    if kind not in KINDS:
+        raise TypeError(f"task {key!r}: unknown kind {kind!r}; choose one of {sorted(KINDS)}")
+    if any(type(a) is Ref for a in (*args, *kwargs.values())):
+        raise TypeError(f"task {key!r}: Runner.submit takes values, not Refs; use a Graph")
+    return _Task(key, fn, args, kwargs or _NO_KWARGS, kind, (), (), False)
+
+
+def _settle_future(future: Future[Any], key: Hashable, ok: bool, value: Any) -> None:
+    try:
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(task_failed(key, value))
+    except InvalidStateError:  # the caller cancelled it
+        pass
+
+
+def _target_keys(
+    graph: Graph, targets: Iterable[Hashable | Ref[Any]] | None
+) -> list[Hashable] | None:
+    if targets is None:
+        return None
+    if isinstance(targets, (str, bytes, Ref)):
+        targets = [targets]
+    keys = []
+    for t in targets:
+        if type(t) is Ref:
+            if t._gid != graph._gid:
+                raise TypeError(f"target {t!r} belongs to another Graph")
+            keys.append(t.key)
+        else:
+            keys.append(t)
+    return keys
+
+
+class _Run:
+    """One run of a graph: the loop that owns its RunState.
+
+    State fields:
+        state      the RunState (pure)
+        queue      (calls, outcomes) messages from pools and subscriptions
+        inflight   units of work submitted or subscribed to, not reported yet
+        cells      key -> once-cell this run owns, settled when the outcome arrives
+        first      the first failure, when on_error="raise"
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        graph: Graph,
+        targets: list[Hashable] | None,
+        keep_all: bool,
+        fail_fast: bool,
+    ) -> None:
+        self.started = time.perf_counter()
+        self.runner = runner
+        self.once = runner._once
+        self.pools = runner._pools
+        tasks = graph._tasks
+        self.private = runner._private
+        held = self.once.held(tasks) if len(self.once) else {}
+        self.state = RunState(tasks, targets, held, keep_all)
+        self.tasks = tasks
+        self.fail_fast = fail_fast
+        self.queue: SimpleQueue[tuple[list[Call], list[Outcome]]] = SimpleQueue()
+        self.inflight = 0
+        self.cells: dict[Hashable, Cell] = {}
+        self.first: TaskFailed | None = None
+        self.ran = 0
+        self.waited = 0
+        self.bytes_before = self.pools.process_stats()
+        self.pool_of: dict[str, Pool] = {}
+
+    def execute(self) -> Results:
+        """Drive the run to its end and return its Results (or raise its first failure)."""
+        state = self.state
+        get = self.queue.get
+        self.dispatch(state.ready())
+        while self.inflight:
+            try:
+                msg = get(timeout=_POLL)
+            except Empty:
+                continue
+            ready = self.handle(*msg)
+            while not self.queue.empty():
+                ready += self.handle(*get())
+            if self.first is None:
+                self.dispatch(ready)
+        return self.results()
+
+    def dispatch(self, keys: Iterable[Hashable]) -> None:
+        """Start every key: claim it, chain its followers, hand it to its pool."""
+        tasks = self.tasks
+        state = self.state
+        chains = state._next_in_chain
+        pools = self.pool_of
+        sink = self.sink
+        private = self.private
+        for key in keys:
+            task = tasks[key]
+            if not (private or self.claim(task)):
+                continue
+            args, kwargs = state.args(task)
+            calls: list[Call] = [(key, task.fn, args, kwargs, False)]
+            if key in chains:
+                chain = state.chain(key)
+                if not private and len(chain) > 1:
+                    chain = self.claim_chain(chain)
+                for nxt in chain[1:]:
+                    t = tasks[nxt]
+                    calls.append((nxt, t.fn, t.args, t.kwargs, bool(t.refs)))
+            self.inflight += 1
+            pool = pools.get(task.kind)
+            if pool is not None:
+                pool.submit(calls, sink)
+            elif task.kind == "inline":
+                # Reported through the queue like any other outcome: no recursion.
+                sink(calls, run_calls(calls))
+            else:
+                pools[task.kind] = pool = self.pools.get(task.kind)
+                pool.submit(calls, sink)
+
+    def sink(self, calls: list[Call], outcomes: list[Outcome]) -> None:
+        self.queue.put((calls, outcomes))
+
+    def claim(self, task: _Task) -> bool:
+        """Own ``task``'s once-cell, or subscribe to it; return whether to run it here."""
+        try:
+            cell, owner = self.once.claim(task, hold=task.key in self.state.targets)
+        except DuplicateKeyError as exc:
+            self.inflight += 1
+            self.sink([(task.key, task.fn, (), {}, False)], [(False, exc)])
+            return False
+        if owner:
+            self.cells[task.key] = cell
+            return True
+        self.inflight += 1
+        self.waited += 1
+        call: list[Call] = [(task.key, task.fn, (), {}, False)]
+        self.once.subscribe(cell, lambda ok, value: self.sink(call, [(ok, value)]))
+        return False
+
+    def claim_chain(self, chain: list[Hashable]) -> list[Hashable]:
+        """Keep the chain's prefix whose cells nobody else has; release the rest."""
+        for i, key in enumerate(chain[1:], 1):
+            task = self.tasks[key]
+            cell = self.once.try_claim(task, hold=key in self.state.targets)
+            if cell is None:
+                self.state.fused.difference_update(chain[i:])
+                return chain[:i]
+            self.cells[key] = cell
+        return chain
+
+    def handle(self, calls: list[Call], outcomes: list[Outcome]) -> list[Hashable]:
+        """Record the outcomes of one unit of work; return the keys that became ready."""
+        self.inflight -= 1
+        state = self.state
+        ready: list[Hashable] = []
+        cells = self.cells
+        if self.private:
+            self.ran += len(outcomes)
+        for (key, *_), (ok, value) in zip(calls, outcomes):  # noqa: B905 (outcomes may stop early)
+            if cells:
+                cell = cells.pop(key, None)
+                if cell is not None:
+                    self.ran += 1
+                    self.once.settle(cell, ok, value)
+            if ok:
+                state.finish(key, value)
+                ready += state.ready()
+            else:
+                self.fail(key, value)
+        for key, *_ in calls[len(outcomes) :]:
+            # The rest of a chain whose earlier task failed: never run.
+            cell = cells.pop(key, None)
+            if cell is not None:
+                self.once.settle(cell, False, TaskFailed(key, "was not run: a dependency failed"))
+        return ready
+
+    def fail(self, key: Hashable, exc: BaseException) -> None:
+        failed = task_failed(key, exc)
+        self.state.fail(key, failed)
+        if self.fail_fast and self.first is None:
+            self.first = failed
+
+    def results(self) -> Results:
+        state = self.state
+        errors: dict[Hashable, TaskFailed] = dict(state.errors)  # type: ignore[arg-type]
+        skipped: dict[Hashable, TaskFailed] = {}
+        if errors:
+            for key, chains in state.blocked_by().items():
+                errors[key]._set_chains(chains)
+                for chain in chains:
+                    skipped[chain[0]] = errors[key]
+        sent, received = self.pools.process_stats()
+        stats = RunStats(
+            wall_time=time.perf_counter() - self.started,
+            tasks_run=self.ran,
+            tasks_reused=len(state.reused) + self.waited,
+            tasks_failed=len(errors),
+            tasks_skipped=len(skipped),
+            bytes_to_processes=sent - self.bytes_before[0],
+            bytes_from_processes=received - self.bytes_before[1],
+        )
+        results = Results(state.target_values(), errors, skipped, stats)
+        if self.first is not None:
+            self.first.results = results
+            raise self.first
+        return results
