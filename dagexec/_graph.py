@@ -60,8 +60,10 @@ class Ref(Generic[T]):
 class _Task:
     """One task's definition; ``deps`` and ``after`` are disjoint tuples of keys.
 
-    ``refs`` says where Refs are in the arguments: 0 none, FLAT only directly among the
-    positional arguments, NESTED anywhere else too.
+    ``refs`` says where the dependencies' values go: ``()`` nowhere; a tuple of
+    positions when they are all direct positional arguments, stored as bare keys (so the
+    spec holds no Ref objects and the garbage collector can skip its argument tuple);
+    ``NESTED`` when Refs sit inside containers or keyword arguments (kept as Refs).
     """
 
     __slots__ = ("after", "args", "deps", "fn", "key", "kind", "kwargs", "preds", "refs")
@@ -75,7 +77,7 @@ class _Task:
         kind: str,
         deps: tuple[Hashable, ...],
         after: tuple[Hashable, ...],
-        refs: int,
+        refs: tuple[int, ...] | int,
     ) -> None:
         self.key = key
         self.fn = fn
@@ -93,7 +95,10 @@ class _Task:
             return f"function {_name(self.fn)} vs {_name(other.fn)}"
         if self.kind != other.kind:
             return f"kind {self.kind!r} vs {other.kind!r}"
-        if not (_same(self.args, other.args) and _same(dict(self.kwargs), dict(other.kwargs))):
+        if self.refs != other.refs or not (
+            _same(_by_key(self.args), _by_key(other.args))
+            and _same(_by_key(dict(self.kwargs)), _by_key(dict(other.kwargs)))
+        ):
             return "different arguments"
         if set(self.after) != set(other.after):
             return "different after= dependencies"
@@ -104,24 +109,43 @@ class _Task:
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Say whether two definitions' parts are the same: equal, and of the same types
+    all the way down (``1`` and ``1.0`` are equal but not the same argument)."""
     if a is b:
         return True
+    t = type(a)
+    if t is not type(b):
+        return False
+    if t is tuple or t is list:
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if t is dict:
+        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
     try:
-        return bool(type(a) is type(b) and a == b)
+        return bool(a == b)
     except Exception:  # an __eq__ that raises or is ambiguous (arrays) means "not provably same"
         return False
+
+
+class _KeyOf:
+    """Stands in for a value map: a Ref resolves to a marker of its key."""
+
+    def __getitem__(self, key: Hashable) -> tuple[str, Hashable]:
+        return ("dagexec.Ref", key)
+
+
+def _by_key(args: Any) -> Any:
+    """Return ``args`` with Refs replaced by their keys: the same definition rebuilt in
+    another Graph compares equal."""
+    return resolve(args, _KeyOf())  # type: ignore[arg-type]
 
 
 def _name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
 
-def _collect(values: Iterable[Any], deps: dict[Hashable, None], gid: int, key: Hashable) -> int:
-    """Add the keys of the Refs found in ``values`` to ``deps``.
-
-    Return 0 if there is none, ``FLAT`` if all are directly in ``values``, else ``NESTED``.
-    """
-    found = 0
+def _collect(values: Iterable[Any], deps: dict[Hashable, None], gid: int, key: Hashable) -> bool:
+    """Add the keys of the Refs found in ``values`` (at any depth) to ``deps``."""
+    found = False
     for v in values:
         t = type(v)
         if t is Ref:
@@ -131,18 +155,62 @@ def _collect(values: Iterable[Any], deps: dict[Hashable, None], gid: int, key: H
                     "use graph.ref(key) of the graph you are adding to"
                 )
             deps[v.key] = None
-            found = found or FLAT
-        elif (t is list or t is tuple or t is dict) and _collect(
-            v.values() if t is dict else v, deps, gid, key
-        ):
-            found = NESTED
+            found = True
+        elif t is list or t is tuple or t is dict:
+            found = _collect(v.values() if t is dict else v, deps, gid, key) or found
     return found
 
 
-FLAT, NESTED = 1, 2
+#: ``_Task.refs`` of a task whose Refs are not all direct positional arguments.
+NESTED = -1
+
+
+def _scan_args(
+    args: tuple[Any, ...], gid: int, key: Hashable
+) -> tuple[tuple[Any, ...], tuple[Hashable, ...], tuple[int, ...] | int]:
+    """Return (args to store, dependency keys, refs) for positional arguments."""
+    positions: list[int] | None = None
+    for i, a in enumerate(args):
+        t = type(a)
+        if t is Ref:
+            if a._gid != gid:
+                _collect((a,), {}, gid, key)  # raises the TypeError naming the key
+            if positions is None:
+                positions = [i]
+            else:
+                positions.append(i)
+        elif t is list or t is tuple or t is dict:
+            deps: dict[Hashable, None] = {}
+            if _collect(args, deps, gid, key):
+                return args, tuple(deps), NESTED
+    if positions is None:
+        return args, (), ()
+    if len(args) == 1:
+        return (args[0].key,), (args[0].key,), (0,)
+    stored = list(args)
+    for i in positions:
+        stored[i] = stored[i].key
+    return tuple(stored), tuple(dict.fromkeys([stored[i] for i in positions])), tuple(positions)
 
 
 _NESTED = (list, tuple, dict)
+
+
+def resolve_args(
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    refs: tuple[int, ...] | int,
+    values: Mapping[Hashable, Any],
+) -> tuple[tuple[Any, ...], Mapping[str, Any]]:
+    """Return the arguments with the dependencies' values in place of their keys/Refs."""
+    if refs == NESTED:
+        return resolve(args, values), resolve(kwargs, values) if kwargs else kwargs
+    if len(refs) == 1 and len(args) == 1:  # type: ignore[arg-type]
+        return (values[args[0]],), kwargs
+    resolved = list(args)
+    for i in refs:  # type: ignore[union-attr]
+        resolved[i] = values[resolved[i]]
+    return tuple(resolved), kwargs
 
 
 def resolve(value: Any, values: Mapping[Hashable, Any]) -> Any:
@@ -216,17 +284,23 @@ class Graph:
             kind = self.default_kind
         elif kind not in KINDS:
             raise TypeError(f"task {key!r}: unknown kind {kind!r}; choose one of {sorted(KINDS)}")
-        deps: dict[Hashable, None] = {}
-        refs = _collect(args, deps, self._gid, key) if args else 0
+        deps: tuple[Hashable, ...] = ()
+        refs: tuple[int, ...] | int = ()
+        if args:
+            args, deps, refs = _scan_args(args, self._gid, key)
         if kwargs:
-            if _collect(kwargs.values(), deps, self._gid, key):
-                refs = NESTED
+            found: dict[Hashable, None] = {}
+            if _collect(kwargs.values(), found, self._gid, key):
+                if refs != NESTED:  # keep Refs as Refs: resolve() walks everything
+                    args = tuple(Ref(a, self._gid) if i in refs else a for i, a in enumerate(args))  # type: ignore[operator]
+                    refs = NESTED
+                deps = tuple(dict.fromkeys((*deps, *found)))
         else:
             kwargs = _NO_KWARGS  # type: ignore[assignment]
         order: tuple[Hashable, ...] = ()
         if after:
-            order = self._after_keys(key, after, deps)
-        task = _Task(key, fn, args, kwargs, kind, tuple(deps), order, refs)
+            order = self._after_keys(key, after, dict.fromkeys(deps))
+        task = _Task(key, fn, args, kwargs, kind, deps, order, refs)
         if existing is not None:
             detail = existing.difference(task)
             if detail is not None:
@@ -264,10 +338,19 @@ class Graph:
     ) -> Ref[T]:
         """Add ``fn(*args, **kwargs)`` keyed by its content, so identical calls collapse.
 
-        The key is ``"<qualname>-<hash>"``, the hash covering the function and the
-        arguments (Refs by key). Arguments must be picklable (cloudpickle) to be hashed.
+        The key is ``"<qualname>-<hash>"``, the hash covering the function (by value for
+        lambdas and closures, so a lambda made again in a loop is the same function), the
+        arguments (Refs by key, sets in a canonical order), ``kind`` and ``after``.
+        Everything must be picklable with cloudpickle to be hashed.
         """
-        key = f"{_name(fn)}-{_content_hash(fn, args, kwargs)}"
+        kind = self.default_kind if kind is None else kind
+        if isinstance(after, (str, bytes, Ref)):
+            after = [after]
+        after = list(after)
+        content = (fn, args, sorted(kwargs.items()), kind, after)
+        key = f"{_name(fn)}-{_content_hash(_name(fn), content)}"
+        if key in self._tasks:
+            return Ref(key, self._gid)  # same content: the same task, whatever fn object
         return self.add(key, fn, *args, kind=kind, after=after, **kwargs)
 
     def ref(self, key: Hashable) -> Ref[Any]:
@@ -315,19 +398,39 @@ class Graph:
 
 
 class _KeyPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """Pickles for hashing: Refs by key."""
+
     def persistent_id(self, obj: Any) -> Any:
         if type(obj) is Ref:
             return ("dagexec.Ref", obj.key)
         return None
 
 
-def _content_hash(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+def _canonical_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
+    _KeyPickler(buf, protocol=5).dump(_canonical(obj))
+    return buf.getvalue()
+
+
+def _canonical(obj: Any) -> Any:
+    """Return ``obj`` with sets as sorted tuples: their iteration order depends on hashing
+    (``PYTHONHASHSEED`` for strings), so equal sets would pickle differently."""
+    t = type(obj)
+    if t is set or t is frozenset:
+        return (f"dagexec.{t.__name__}", tuple(sorted(obj, key=_canonical_bytes)))
+    if t is list or t is tuple:
+        return t(_canonical(v) for v in obj)
+    if t is dict:
+        return {k: _canonical(v) for k, v in obj.items()}
+    return obj
+
+
+def _content_hash(name: str, content: Any) -> str:
     try:
-        _KeyPickler(buf, protocol=5).dump((fn, args, sorted(kwargs.items())))
+        data = _canonical_bytes(content)
     except Exception as exc:
         raise TypeError(
-            f"Graph.call({_name(fn)}, ...) cannot hash its arguments to build a key; "
+            f"Graph.call({name}, ...) cannot hash its arguments to build a key; "
             "use Graph.add with an explicit key"
         ) from exc
-    return hashlib.blake2b(buf.getvalue(), digest_size=8).hexdigest()
+    return hashlib.blake2b(data, digest_size=8).hexdigest()

@@ -7,7 +7,9 @@ called back (never while the lock is held) with the outcome.
 
 A cell stays in the map while its task is in flight, and afterwards only if someone asked
 to hold its value (a run's target, a submitted future). Failures are not memoised: a
-failed cell leaves the map, so a later run or submit tries the task again.
+failed cell leaves the map, so a later run or submit tries the task again. A settled cell
+keeps its outcome for whoever still holds the cell (a subscriber that claimed it just
+before it settled), so no caller ever sees a settled cell without its value.
 """
 
 from __future__ import annotations
@@ -74,14 +76,6 @@ class OnceMap:
                     cell = self._cells[key] = Cell(task, hold)
                     return cell, True
 
-    def try_claim(self, task: _Task, hold: bool = False) -> Cell | None:
-        """Claim ``task.key`` only if nobody has it; return the new cell or None."""
-        with self._lock:
-            if task.key in self._cells:
-                return None
-            cell = self._cells[task.key] = Cell(task, hold)
-            return cell
-
     def subscribe(self, cell: Cell, callback: Callback) -> None:
         """Call ``callback(ok, value)`` once ``cell`` settles (now, if it already has)."""
         with self._lock:
@@ -95,9 +89,9 @@ class OnceMap:
         with self._lock:
             cell.done = True
             cell.ok = ok
-            if ok and cell.hold:
-                cell.value = value
-            elif self._cells.get(cell.task.key) is cell:
+            # Kept on the cell for late subscribers even when the map lets go of it.
+            cell.value = value
+            if not (ok and cell.hold) and self._cells.get(cell.task.key) is cell:
                 del self._cells[cell.task.key]
             callbacks, cell.callbacks = cell.callbacks, []
         for callback in callbacks:

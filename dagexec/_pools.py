@@ -36,24 +36,36 @@ import psutil
 from loky import ProcessPoolExecutor
 
 from ._errors import WorkerDied
-from ._graph import KINDS, resolve
+from ._graph import KINDS, resolve_args
 
 __all__ = ["Call", "Pools", "Unpicklable", "run_calls"]
 
-#: (key, fn, args, kwargs, refs): refs says args/kwargs still hold Refs to the previous call.
-Call = tuple[Hashable, Callable[..., Any], tuple[Any, ...], Mapping[str, Any], bool]
+#: (key, fn, args, kwargs, refs, keep): ``refs`` as in ``_Task.refs`` when the arguments
+#: still need the previous call's value (a chain), else ``()``; ``keep`` says whether the
+#: caller needs the value back (a chain drops the values only its next call needed).
+Call = tuple[
+    Hashable, Callable[..., Any], tuple[Any, ...], Mapping[str, Any], "tuple[int, ...] | int", bool
+]
 Outcome = tuple[bool, Any]
 Sink = Callable[[list[Call], list[Outcome]], None]
+#: Asked between the calls of a chain: True stops the chain (the run is stopping).
+Stop = Callable[[], bool]
 
 
 class Unpicklable(Exception):
-    """Internal: the arguments or the result of a process task could not be pickled."""
+    """Internal: the arguments or the result of a process task could not be pickled.
 
-    def __init__(self, key: Hashable, what: str, detail: str) -> None:
+    ``error`` is the pickling error itself (when it could be pickled back).
+    """
+
+    def __init__(
+        self, key: Hashable, what: str, detail: str, error: BaseException | None = None
+    ) -> None:
         super().__init__(key, what, detail)
         self.key = key
         self.what = what
         self.detail = detail
+        self.error = error
 
 
 class _RemoteTraceback(Exception):
@@ -65,27 +77,30 @@ class _RemoteTraceback(Exception):
         return self.tb
 
 
-def run_calls(calls: list[Call]) -> list[Outcome]:
-    """Run a call list in this thread; stop at the first failure."""
+def run_calls(calls: list[Call], stop: Stop | None = None) -> list[Outcome]:
+    """Run a call list in this thread; stop at the first failure or when ``stop()``."""
     if len(calls) == 1:
-        _, fn, args, kwargs, _ = calls[0]
+        _, fn, args, kwargs, _, _ = calls[0]
         try:
             return [(True, fn(*args, **kwargs))]
         except BaseException as exc:  # a worker must report everything, even SystemExit
             return [(False, exc)]
     outcomes: list[Outcome] = []
     prev: dict[Hashable, Any] = {}
-    for key, fn, args, kwargs, refs in calls:
+    for key, fn, args, kwargs, refs, keep in calls:
+        if outcomes and stop is not None and stop():
+            break
         if refs:
-            args = resolve(args, prev)
-            kwargs = resolve(kwargs, prev)
+            args, kwargs = resolve_args(args, kwargs, refs, prev)
         try:
             value = fn(*args, **kwargs)
         except BaseException as exc:  # a worker must report everything, even SystemExit
             outcomes.append((False, exc))
             break
-        outcomes.append((True, value))
+        # Only the next call needs this value unless the caller keeps it: don't hold it.
+        outcomes.append((True, value if keep else None))
         prev = {key: value}
+        del args, kwargs, value
     return outcomes
 
 
@@ -106,13 +121,16 @@ class _ThreadPool:
     """Worker threads fed by one SimpleQueue; started on demand up to ``max_workers``."""
 
     def __init__(self, max_workers: int) -> None:
+        # Units a run keeps queued here: enough that workers never wait for the loop,
+        # few enough that the run, not the pool, holds the backlog.
+        self.capacity = max(128, 4 * max_workers)
         self._queue: SimpleQueue[Any] = SimpleQueue()
         self._lock = threading.Lock()
         self._max = max_workers
         self._threads: list[threading.Thread] = []
 
-    def submit(self, calls: list[Call], sink: Sink) -> None:
-        self._queue.put((calls, sink))
+    def submit(self, calls: list[Call], sink: Sink, stop: Stop | None = None) -> None:
+        self._queue.put((calls, sink, stop))
         if len(self._threads) < self._max:
             self._spawn()
 
@@ -132,11 +150,15 @@ class _ThreadPool:
         get = self._queue.get
         while True:
             item = get()
-            if item is None or item is _RETIRE:
+            if item is _RETIRE:
+                with self._lock:
+                    self._threads.remove(threading.current_thread())
                 return
-            calls, sink = item
-            sink(calls, run_calls(calls))
-            del item, calls, sink  # drop references to values before blocking again
+            if item is None:
+                return
+            calls, sink, stop = item
+            sink(calls, run_calls(calls, stop))
+            del item, calls, sink, stop  # hold no task values while waiting for work
 
     @contextmanager
     def blocking(self) -> Iterator[None]:
@@ -174,26 +196,43 @@ def _process_entry(payload: bytes) -> list[bytes]:
     out = []
     for i, (ok, value) in enumerate(run_calls(calls)):
         if not ok:
-            value = _portable_error(value)
+            value = _Raised(value)
         try:
             out.append(cloudpickle.dumps((ok, value), protocol=pickle.HIGHEST_PROTOCOL))
         except Exception as exc:
             what = "returned an object that cannot be pickled"
             detail = f"{type(value).__qualname__}: {exc}"
-            out.append(cloudpickle.dumps((False, Unpicklable(calls[i][0], what, detail))))
+            error = exc if _picklable(exc) else None
+            out.append(cloudpickle.dumps((False, Unpicklable(calls[i][0], what, detail, error))))
             break
     return out
 
 
-def _portable_error(exc: BaseException) -> BaseException:
-    """Return an exception that survives pickling, its traceback kept as text."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+class _Raised:
+    """An exception raised in a worker process, with its traceback as text.
+
+    Pickling drops ``__cause__`` and ``__traceback__``, so the text travels beside the
+    exception and becomes its ``__cause__`` again in the driver (as concurrent.futures
+    does).
+    """
+
+    def __init__(self, exc: BaseException) -> None:
+        self.tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self.exc = exc if _picklable(exc) else None
+        self.name = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+
+    def rebuild(self) -> BaseException:
+        exc = self.exc if self.exc is not None else RuntimeError(self.name)
+        exc.__cause__ = _RemoteTraceback(f'\n"""\n{self.tb}"""')
+        return exc
+
+
+def _picklable(obj: object) -> bool:
     try:
-        portable: BaseException = pickle.loads(cloudpickle.dumps(exc))
+        pickle.loads(cloudpickle.dumps(obj))
     except Exception:
-        portable = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
-    portable.__cause__ = _RemoteTraceback(f'\n"""\n{tb}"""')
-    return portable
+        return False
+    return True
 
 
 def encode_calls(calls: list[Call]) -> bytes:
@@ -209,13 +248,17 @@ def encode_calls(calls: list[Call]) -> bytes:
                 culprit = call[0]
                 break
         what = "has arguments that cannot be pickled"
-        raise Unpicklable(culprit, what, f"{type(exc).__name__}: {exc}") from exc
+        raise Unpicklable(culprit, what, f"{type(exc).__name__}: {exc}", exc) from exc
     return payload
 
 
 def decode_outcomes(parts: list[bytes]) -> list[Outcome]:
     """Unpickle what ``_process_entry`` returned."""
-    return [pickle.loads(p) for p in parts]
+    outcomes = []
+    for part in parts:
+        ok, value = pickle.loads(part)
+        outcomes.append((ok, value.rebuild() if type(value) is _Raised else value))
+    return outcomes
 
 
 def _worker_died(exc: BaseException) -> WorkerDied:
@@ -241,6 +284,7 @@ class _ProcessPool:
     """Worker processes, one call list at a time each; a dead worker is replaced."""
 
     def __init__(self, max_workers: int) -> None:
+        self.capacity = max_workers  # placement is decided when a worker is free
         self._lock = threading.Lock()
         self._idle = [_Slot(i) for i in reversed(range(max_workers))]
         self._pending: deque[tuple[bytes, list[Call], Sink]] = deque()
@@ -248,7 +292,7 @@ class _ProcessPool:
         self.bytes_sent = 0
         self.bytes_received = 0
 
-    def submit(self, calls: list[Call], sink: Sink) -> None:
+    def submit(self, calls: list[Call], sink: Sink, stop: Stop | None = None) -> None:
         try:
             payload = encode_calls(calls)
         except Unpicklable as exc:
@@ -317,8 +361,10 @@ class _ExecutorPool:
     def __init__(self, executor: Executor, kind: str) -> None:
         self._executor = executor
         self._portable = kind == "process"
+        workers = getattr(executor, "_max_workers", None)
+        self.capacity = 2 * workers if isinstance(workers, int) and workers > 0 else 256
 
-    def submit(self, calls: list[Call], sink: Sink) -> None:
+    def submit(self, calls: list[Call], sink: Sink, stop: Stop | None = None) -> None:
         if self._portable:
             try:
                 payload = encode_calls(calls)
@@ -327,7 +373,7 @@ class _ExecutorPool:
                 return
             future: Future[Any] = self._executor.submit(_process_entry, payload)
         else:
-            future = self._executor.submit(run_calls, calls)
+            future = self._executor.submit(run_calls, calls, stop)
         future.add_done_callback(lambda f: sink(calls, self._outcomes(f)))
 
     def _outcomes(self, future: Future[Any]) -> list[Outcome]:

@@ -16,9 +16,12 @@ loop: its owner hands the task to a pool whose sink settles the once-cell.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import Executor, Future, InvalidStateError
+from functools import partial
 from queue import Empty, SimpleQueue
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -35,6 +38,7 @@ __all__ = ["Runner"]
 T = TypeVar("T")
 
 _POLL = 0.1  # seconds the loop blocks at most, so Ctrl-C is handled promptly
+_PUMP_ORDER = ("inline", "thread", "process")
 
 
 class _TaskFuture(Future[T]):
@@ -63,9 +67,9 @@ def task_failed(key: Hashable, exc: BaseException) -> TaskFailed:
     if isinstance(exc, Unpicklable):
         culprit = "" if exc.key == key else f" (in its chain, task {exc.key!r})"
         reason = (
-            f"{exc.what}{culprit}: {exc.detail}; pass and return plain data, or use kind='thread'"
+            f"{exc.what}{culprit} ({exc.detail}); pass and return plain data, or use kind='thread'"
         )
-        cause = exc.__cause__ or exc
+        cause = exc.error or exc
     elif isinstance(exc, WorkerDied):
         reason = "lost its process worker, which died while running it"
     elif isinstance(exc, DuplicateKeyError):
@@ -131,7 +135,7 @@ class Runner:
         return future
 
     def _start(self, task: _Task, cell: Cell) -> None:
-        calls: list[Call] = [(task.key, task.fn, task.args, task.kwargs, False)]
+        calls: list[Call] = [(task.key, task.fn, task.args, task.kwargs, (), True)]
         pool = current_thread_pool()
         if task.kind == "inline" or (task.kind == "thread" and pool is self._pools.get("thread")):
             # Already on one of our threads: run it here rather than queue behind ourselves.
@@ -220,7 +224,7 @@ def _submitted_task(
         raise TypeError(f"task {key!r}: unknown kind {kind!r}; choose one of {sorted(KINDS)}")
     if any(type(a) is Ref for a in (*args, *kwargs.values())):
         raise TypeError(f"task {key!r}: Runner.submit takes values, not Refs; use a Graph")
-    return _Task(key, fn, args, kwargs or _NO_KWARGS, kind, (), (), False)
+    return _Task(key, fn, args, kwargs or _NO_KWARGS, kind, (), (), ())
 
 
 def _settle_future(future: Future[Any], key: Hashable, ok: bool, value: Any) -> None:
@@ -251,13 +255,23 @@ def _target_keys(
     return keys
 
 
+#: (calls, outcomes, the kind of pool that ran them or None)
+_Message = tuple[list[Call], list[Outcome], str | None]
+
+
 class _Run:
     """One run of a graph: the loop that owns its RunState.
+
+    Ready keys wait in a queue per kind; each pool gets at most ``capacity`` units at a
+    time, so queued work stays ours (cheap to reorder or drop) and only a few work items
+    exist at once.
 
     State fields:
         state      the RunState (pure)
         queue      (calls, outcomes) messages from pools and subscriptions
-        inflight   units of work submitted or subscribed to, not reported yet
+        waiting    kind -> ready keys not handed to a pool yet
+        busy       kind -> units handed to that pool and not reported yet
+        inflight   units submitted or subscribed to, not reported yet
         cells      key -> once-cell this run owns, settled when the outcome arrives
         first      the first failure, when on_error="raise"
     """
@@ -271,7 +285,6 @@ class _Run:
         fail_fast: bool,
     ) -> None:
         self.started = time.perf_counter()
-        self.runner = runner
         self.once = runner._once
         self.pools = runner._pools
         tasks = graph._tasks
@@ -280,119 +293,159 @@ class _Run:
         self.state = RunState(tasks, targets, held, keep_all)
         self.tasks = tasks
         self.fail_fast = fail_fast
-        self.queue: SimpleQueue[tuple[list[Call], list[Outcome]]] = SimpleQueue()
+        self.queue: SimpleQueue[_Message] = SimpleQueue()
+        # Inline first: running one can make work ready for the pools in the same pump.
+        self.waiting: dict[str, deque[Hashable]] = {kind: deque() for kind in _PUMP_ORDER}
+        self.busy: dict[str, int] = dict.fromkeys(KINDS, 0)
         self.inflight = 0
         self.cells: dict[Hashable, Cell] = {}
         self.first: TaskFailed | None = None
+        self.stop = threading.Event()  # set at the first failure when failing fast
         self.ran = 0
         self.waited = 0
         self.bytes_before = self.pools.process_stats()
-        self.pool_of: dict[str, Pool] = {}
+        # One sink per pool kind, so the loop knows whose capacity an outcome frees.
+        self.sinks = {kind: partial(self.pooled_sink, kind) for kind in KINDS}
 
     def execute(self) -> Results:
         """Drive the run to its end and return its Results (or raise its first failure)."""
-        state = self.state
-        get = self.queue.get
-        self.dispatch(state.ready())
-        while self.inflight:
+        queue = self.queue
+        get, empty = queue.get, queue.empty
+        self.enqueue(self.state.ready())
+        while True:
+            self.pump()
+            if not self.inflight:
+                break
             try:
-                msg = get(timeout=_POLL)
+                batch = [get(timeout=_POLL)]
             except Empty:
                 continue
-            ready = self.handle(*msg)
-            while not self.queue.empty():
-                ready += self.handle(*get())
-            if self.first is None:
-                self.dispatch(ready)
+            while not empty():
+                batch.append(get())
+            ready = self.handle(batch)
+            del batch  # hold no values the release rule has dropped
+            self.enqueue(ready)
         return self.results()
 
-    def dispatch(self, keys: Iterable[Hashable]) -> None:
-        """Start every key: claim it, chain its followers, hand it to its pool."""
+    def enqueue(self, keys: Iterable[Hashable]) -> None:
+        if self.first is not None:
+            return  # stopping: nothing new starts
         tasks = self.tasks
-        state = self.state
-        chains = state._next_in_chain
-        pools = self.pool_of
-        sink = self.sink
-        private = self.private
+        waiting = self.waiting
         for key in keys:
-            task = tasks[key]
-            if not (private or self.claim(task)):
+            waiting[tasks[key].kind].append(key)
+
+    def pump(self) -> None:
+        """Hand waiting keys to their pools up to capacity; run inline ones right here."""
+        for kind, keys in self.waiting.items():
+            if not keys:
                 continue
+            if kind == "inline":
+                while keys and self.first is None:
+                    msg = self.start(keys.popleft(), None)
+                    if msg is not None:
+                        ready = self.handle([msg])
+                        del msg  # hold no values the release rule has dropped
+                        self.enqueue(ready)
+                continue
+            pool = self.pools.get(kind)
+            free = pool.capacity - self.busy[kind]
+            while keys and free > 0 and self.first is None:
+                if self.start(keys.popleft(), pool) is not None:
+                    free -= 1
+            self.busy[kind] = pool.capacity - free
+
+    def start(self, key: Hashable, pool: Pool | None) -> Any:
+        """Claim ``key``, chain its followers and start them; return what was started."""
+        task = self.tasks[key]
+        if not (self.private or self.claim(task)):
+            return None
+        state = self.state
+        if task.refs:
             args, kwargs = state.args(task)
-            calls: list[Call] = [(key, task.fn, args, kwargs, False)]
-            if key in chains:
-                chain = state.chain(key)
-                if not private and len(chain) > 1:
-                    chain = self.claim_chain(chain)
-                for nxt in chain[1:]:
-                    t = tasks[nxt]
-                    calls.append((nxt, t.fn, t.args, t.kwargs, bool(t.refs)))
-            self.inflight += 1
-            pool = pools.get(task.kind)
-            if pool is not None:
-                pool.submit(calls, sink)
-            elif task.kind == "inline":
-                # Reported through the queue like any other outcome: no recursion.
-                sink(calls, run_calls(calls))
-            else:
-                pools[task.kind] = pool = self.pools.get(task.kind)
-                pool.submit(calls, sink)
+            calls: list[Call] = [(key, task.fn, args, kwargs, (), True)]
+        else:
+            calls = [(key, task.fn, task.args, task.kwargs, (), True)]
+        if self.private and key in state._next_in_chain:
+            # Not in shared runs: a chain settles its once-cells only when it ends, and
+            # another caller waiting on a key in its middle must not wait that long.
+            chain = state.chain(key)
+            if len(chain) > 1:
+                self.add_chain(calls, chain)
+        self.inflight += 1
+        if pool is None:  # inline
+            return calls, run_calls(calls), None
+        pool.submit(calls, self.sinks[task.kind], self.stop.is_set)
+        return pool
+
+    def add_chain(self, calls: list[Call], chain: list[Hashable]) -> None:
+        """Append the chain's followers to ``calls``, keeping only the values needed."""
+        keep = self.state.keep_all
+        targets = self.state.targets
+        key, fn, args, kwargs, refs, _ = calls[0]
+        calls[0] = (key, fn, args, kwargs, refs, keep or key in targets)
+        for nxt in chain[1:]:
+            t = self.tasks[nxt]
+            calls.append((nxt, t.fn, t.args, t.kwargs, t.refs, keep or nxt in targets))
+        key, fn, args, kwargs, refs, _ = calls[-1]
+        calls[-1] = (key, fn, args, kwargs, refs, True)  # its dependents are elsewhere
+
+    def pooled_sink(self, kind: str, calls: list[Call], outcomes: list[Outcome]) -> None:
+        """Report outcomes from a pool (called on the pool's thread)."""
+        if self.fail_fast and not outcomes[-1][0]:
+            self.stop.set()  # chains running elsewhere stop before their next task
+        self.queue.put((calls, outcomes, kind))
 
     def sink(self, calls: list[Call], outcomes: list[Outcome]) -> None:
-        self.queue.put((calls, outcomes))
+        """Report outcomes that no pool of this run produced (subscriptions, errors)."""
+        self.queue.put((calls, outcomes, None))
 
     def claim(self, task: _Task) -> bool:
         """Own ``task``'s once-cell, or subscribe to it; return whether to run it here."""
         try:
-            cell, owner = self.once.claim(task, hold=task.key in self.state.targets)
+            hold = self.state.keep_all or task.key in self.state.targets  # what it hands out
+            cell, owner = self.once.claim(task, hold=hold)
         except DuplicateKeyError as exc:
             self.inflight += 1
-            self.sink([(task.key, task.fn, (), {}, False)], [(False, exc)])
+            self.sink([(task.key, task.fn, (), {}, (), True)], [(False, exc)])
             return False
         if owner:
             self.cells[task.key] = cell
             return True
         self.inflight += 1
         self.waited += 1
-        call: list[Call] = [(task.key, task.fn, (), {}, False)]
+        call: list[Call] = [(task.key, task.fn, (), {}, (), True)]
         self.once.subscribe(cell, lambda ok, value: self.sink(call, [(ok, value)]))
         return False
 
-    def claim_chain(self, chain: list[Hashable]) -> list[Hashable]:
-        """Keep the chain's prefix whose cells nobody else has; release the rest."""
-        for i, key in enumerate(chain[1:], 1):
-            task = self.tasks[key]
-            cell = self.once.try_claim(task, hold=key in self.state.targets)
-            if cell is None:
-                self.state.fused.difference_update(chain[i:])
-                return chain[:i]
-            self.cells[key] = cell
-        return chain
-
-    def handle(self, calls: list[Call], outcomes: list[Outcome]) -> list[Hashable]:
-        """Record the outcomes of one unit of work; return the keys that became ready."""
-        self.inflight -= 1
+    def handle(self, batch: list[_Message]) -> list[Hashable]:
+        """Record the outcomes of some units of work; return the keys that became ready."""
+        self.inflight -= len(batch)
         state = self.state
-        ready: list[Hashable] = []
+        finish = state.finish
         cells = self.cells
-        if self.private:
-            self.ran += len(outcomes)
-        for (key, *_), (ok, value) in zip(calls, outcomes):  # noqa: B905 (outcomes may stop early)
-            if cells:
-                cell = cells.pop(key, None)
-                if cell is not None:
-                    self.ran += 1
-                    self.once.settle(cell, ok, value)
-            if ok:
-                state.finish(key, value)
-                ready += state.ready()
-            else:
-                self.fail(key, value)
-        for key, *_ in calls[len(outcomes) :]:
-            # The rest of a chain whose earlier task failed: never run.
-            cell = cells.pop(key, None)
-            if cell is not None:
-                self.once.settle(cell, False, TaskFailed(key, "was not run: a dependency failed"))
+        busy = self.busy
+        ready: list[Hashable] = []
+        for calls, outcomes, kind in batch:
+            if kind is not None:
+                busy[kind] -= 1
+            last = len(calls) - 1
+            for i, (ok, value) in enumerate(outcomes):
+                key = calls[i][0]
+                if cells:
+                    cell = cells.pop(key, None)
+                    if cell is not None:
+                        self.ran += 1
+                        self.once.settle(cell, ok, value)
+                if not ok:
+                    self.fail(key, value)
+                    break
+                finish(key, value)
+                if i < last:
+                    ready += state.ready()  # graphlib hands out the chain's next key first
+            if self.private:
+                self.ran += len(outcomes)
+        ready += state.ready()
         return ready
 
     def fail(self, key: Hashable, exc: BaseException) -> None:
@@ -400,6 +453,7 @@ class _Run:
         self.state.fail(key, failed)
         if self.fail_fast and self.first is None:
             self.first = failed
+            self.stop.set()
 
     def results(self) -> Results:
         state = self.state

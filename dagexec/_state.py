@@ -23,7 +23,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 from ._errors import CycleError, MissingDependencyError
-from ._graph import FLAT, Ref, _Task, resolve
+from ._graph import _Task, resolve_args
 
 __all__ = ["RunState"]
 
@@ -102,11 +102,11 @@ class RunState:
                 remaining[dep] = get(dep, 0) + 1
                 if dep not in tasks and dep not in reused:
                     missing.setdefault(dep, []).append(key)
+            if len(preds) == 1:
+                next_in_chain[preds[0]] = key
             if reused:
                 preds = tuple(p for p in preds if p not in reused)
             add(key, *preds)
-            if len(preds) == 1:
-                next_in_chain[preds[0]] = key
         if missing:
             raise MissingDependencyError(*next(iter(missing.items())))
         try:
@@ -131,21 +131,18 @@ class RunState:
     def chain(self, key: Hashable) -> list[Hashable]:
         """Return ``key`` followed by the tasks that can run right after it in one go.
 
-        A task joins the chain when its only predecessor is the previous task of the
-        chain, it is that task's only dependent, and it runs on the same kind of pool
-        (not inline). Nothing is lost by running them back to back on one worker: each
-        could only start when the previous one finished.
+        A thread task joins the chain when its only predecessor is the previous task of
+        the chain, it is that task's only dependent, and it is a thread task too. Nothing
+        is lost by running them back to back on one worker: each could only start when
+        the previous one finished. (Process tasks are not chained: a chain on another
+        process could not see the run stop between its tasks.)
         """
         tasks = self.tasks
-        kind = tasks[key].kind
         chain = [key]
+        if tasks[key].kind != "thread":
+            return chain
         nxt = self._next_in_chain.get(key)
-        while (
-            nxt is not None
-            and kind != "inline"
-            and self.remaining.get(key) == 1
-            and tasks[nxt].kind == kind
-        ):
+        while nxt is not None and self.remaining.get(key) == 1 and tasks[nxt].kind == "thread":
             chain.append(nxt)
             self.fused.add(nxt)
             key = nxt
@@ -154,33 +151,27 @@ class RunState:
 
     def args(self, task: _Task) -> tuple[tuple[Any, ...], Mapping[str, Any]]:
         """Return the task's positional and keyword arguments with Refs resolved."""
-        refs = task.refs
-        if not refs:
+        if not task.refs:
             return task.args, task.kwargs
-        values = self.values
-        if refs == FLAT:
-            return tuple([values[a.key] if type(a) is Ref else a for a in task.args]), task.kwargs
-        return resolve(task.args, values), resolve(task.kwargs, values) if task.kwargs else {}
+        return resolve_args(task.args, task.kwargs, task.refs, self.values)
 
     # -- outcomes -----------------------------------------------------------------------
 
     def finish(self, key: Hashable, value: Any) -> None:
         """Record that ``key`` returned ``value``; release inputs nobody needs any more."""
-        if key in self.remaining or key in self.targets or self.keep_all:
+        remaining = self.remaining
+        if key in remaining or key in self.targets or self.keep_all:
             self.values[key] = value
         if self.fused:
             self.fused.discard(key)
         self.order.done(key)
-        if not self.keep_all:
-            self._release(self.tasks[key].preds)
-
-    def _release(self, deps: tuple[Hashable, ...]) -> None:
-        remaining = self.remaining
-        for dep in deps:
+        if self.keep_all:
+            return
+        for dep in self.tasks[key].preds:
             left = remaining[dep] - 1
             if left:
                 remaining[dep] = left
-            else:
+            else:  # its last dependent finished: nobody needs its value any more
                 del remaining[dep]
                 if dep not in self.targets:
                     self.values.pop(dep, None)
