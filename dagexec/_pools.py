@@ -77,6 +77,9 @@ class _RemoteTraceback(Exception):
         return self.tb
 
 
+_DROPPED: Outcome = (True, None)
+
+
 def run_calls(calls: list[Call], stop: Stop | None = None) -> list[Outcome]:
     """Run a call list in this thread; stop at the first failure or when ``stop()``."""
     if len(calls) == 1:
@@ -97,8 +100,9 @@ def run_calls(calls: list[Call], stop: Stop | None = None) -> list[Outcome]:
         except BaseException as exc:  # a worker must report everything, even SystemExit
             outcomes.append((False, exc))
             break
-        # Only the next call needs this value unless the caller keeps it: don't hold it.
-        outcomes.append((True, value if keep else None))
+        # Only the next call needs this value unless the caller keeps it: don't hold it
+        # (and allocate nothing that would live until the chain ends).
+        outcomes.append((True, value) if keep else _DROPPED)
         prev = {key: value}
         del args, kwargs, value
     return outcomes

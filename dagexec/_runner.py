@@ -16,11 +16,13 @@ loop: its owner hands the task to a pool whose sink settles the once-cell.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future, InvalidStateError
+from contextlib import contextmanager
 from functools import partial
 from queue import Empty, SimpleQueue
 from types import TracebackType
@@ -39,6 +41,25 @@ T = TypeVar("T")
 
 _POLL = 0.1  # seconds the loop blocks at most, so Ctrl-C is handled promptly
 _PUMP_ORDER = ("inline", "thread", "process")
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building a run's bookkeeping.
+
+    Building the sorter allocates a few long-lived containers per task; with the collector
+    on, each growth step triggers full collections that re-walk the whole graph (about
+    half the planning time at 100,000 tasks). No user code runs in between, the pause
+    lasts only for planning, and nothing is lost: the collector runs when it resumes.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class _TaskFuture(Future[T]):
@@ -290,7 +311,8 @@ class _Run:
         tasks = graph._tasks
         self.private = runner._private
         held = self.once.held(tasks) if len(self.once) else {}
-        self.state = RunState(tasks, targets, held, keep_all)
+        with _gc_paused():
+            self.state = RunState(tasks, targets, held, keep_all)
         self.tasks = tasks
         self.fail_fast = fail_fast
         self.queue: SimpleQueue[_Message] = SimpleQueue()
