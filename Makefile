@@ -12,13 +12,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)          ## the main job: the overhead benchmark report
-	$(BIN)/python bench/overhead.py
+demo: $(STAMP)          ## the main job: an example, then the overhead benchmark report
+	$(BIN)/python examples/quickstart.py
+	$(BIN)/python bench/overhead.py --quick
 
 test: $(STAMP)          ## the whole test suite
 	$(BIN)/python -m pytest
 
-bench: demo
+bench: $(STAMP)         ## the full benchmarks (several minutes)
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/build_memory.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -80,13 +80,24 @@ class _RemoteTraceback(Exception):
 _DROPPED: Outcome = (True, None)
 
 
-def run_calls(calls: list[Call], stop: Stop | None = None) -> list[Outcome]:
-    """Run a call list in this thread; stop at the first failure or when ``stop()``."""
+def run_calls(
+    calls: list[Call],
+    stop: Stop | None = None,
+    catch: type[BaseException] = BaseException,
+) -> list[Outcome]:
+    """Run a call list in this thread; stop at the first failure or once ``stop()``.
+
+    A call list that was queued when its run stopped runs nothing (no outcomes). A worker
+    catches everything a task raises, even SystemExit; ``catch`` narrows that for tasks run
+    in the caller's own thread.
+    """
+    if stop is not None and stop():
+        return []
     if len(calls) == 1:
         _, fn, args, kwargs, _, _ = calls[0]
         try:
             return [(True, fn(*args, **kwargs))]
-        except BaseException as exc:  # a worker must report everything, even SystemExit
+        except catch as exc:
             return [(False, exc)]
     outcomes: list[Outcome] = []
     prev: dict[Hashable, Any] = {}
@@ -97,7 +108,7 @@ def run_calls(calls: list[Call], stop: Stop | None = None) -> list[Outcome]:
             args, kwargs = resolve_args(args, kwargs, refs, prev)
         try:
             value = fn(*args, **kwargs)
-        except BaseException as exc:  # a worker must report everything, even SystemExit
+        except catch as exc:
             outcomes.append((False, exc))
             break
         # Only the next call needs this value unless the caller keeps it: don't hold it

@@ -331,6 +331,14 @@ class _Run:
 
     def execute(self) -> Results:
         """Drive the run to its end and return its Results (or raise its first failure)."""
+        try:
+            self.loop()
+        except BaseException as exc:  # Ctrl-C, or an inline task's SystemExit
+            self.abort(exc)
+            raise
+        return self.results()
+
+    def loop(self) -> None:
         queue = self.queue
         get, empty = queue.get, queue.empty
         self.enqueue(self.state.ready())
@@ -347,7 +355,20 @@ class _Run:
             ready = self.handle(batch)
             del batch  # hold no values the release rule has dropped
             self.enqueue(ready)
-        return self.results()
+
+    def abort(self, exc: BaseException) -> None:
+        """Stop everything queued and fail the once-cells this run owns.
+
+        Work already queued in a pool is skipped (``stop``); tasks already running finish
+        in the background and their outcome is dropped. Other callers waiting on a cell
+        of this run get a failure rather than waiting forever.
+        """
+        self.stop.set()
+        for keys in self.waiting.values():
+            keys.clear()
+        cells, self.cells = self.cells, {}
+        for cell in cells.values():
+            self.once.settle(cell, False, exc)
 
     def enqueue(self, keys: Iterable[Hashable]) -> None:
         if self.first is not None:
@@ -396,7 +417,9 @@ class _Run:
                 self.add_chain(calls, chain)
         self.inflight += 1
         if pool is None:  # inline
-            return calls, run_calls(calls), None
+            # Only Exceptions are task failures here: Ctrl-C in the caller's thread stops
+            # the run, as it would stop the same code called directly.
+            return calls, run_calls(calls, None, Exception), None
         pool.submit(calls, self.sinks[task.kind], self.stop.is_set)
         return pool
 
@@ -414,7 +437,7 @@ class _Run:
 
     def pooled_sink(self, kind: str, calls: list[Call], outcomes: list[Outcome]) -> None:
         """Report outcomes from a pool (called on the pool's thread)."""
-        if self.fail_fast and not outcomes[-1][0]:
+        if self.fail_fast and outcomes and not outcomes[-1][0]:
             self.stop.set()  # chains running elsewhere stop before their next task
         self.queue.put((calls, outcomes, kind))
 
@@ -467,8 +490,18 @@ class _Run:
                     ready += state.ready()  # graphlib hands out the chain's next key first
             if self.private:
                 self.ran += len(outcomes)
+            elif len(outcomes) <= last and cells:
+                self.abandon(calls[len(outcomes) :])
         ready += state.ready()
         return ready
+
+    def abandon(self, calls: list[Call]) -> None:
+        """Fail the cells of calls that never ran because the run stopped first."""
+        for call in calls:
+            cell = self.cells.pop(call[0], None)
+            if cell is not None:
+                reason = "was not run: its run stopped at another task's failure"
+                self.once.settle(cell, False, TaskFailed(call[0], reason))
 
     def fail(self, key: Hashable, exc: BaseException) -> None:
         failed = task_failed(key, exc)

@@ -1,0 +1,33 @@
+"""The README's quick start runs as written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_opens_with_exactly_two_commands() -> None:
+    text = README.read_text()
+    first_block = re.search(r"```sh\n(.*?)```", text, re.S)
+    assert first_block is not None
+    assert text.index(first_block.group(0)) < text.index("## ")
+    commands = [ln for ln in first_block.group(1).splitlines() if ln.strip()]
+    assert [c.split("#")[0].strip() for c in commands] == ["make demo", "make test"]
+
+
+def test_quick_start_runs(tmp_path: Path) -> None:
+    block = re.search(r"## Quick start\n\n```python\n(.*?)```", README.read_text(), re.S)
+    assert block is not None
+    (tmp_path / "a.py").write_text("for i in range(3):\n    print(i)\n")
+    (tmp_path / "b.py").write_text("x = len([1])\nfor y in [x]:\n    pass\n")
+    (tmp_path / "quick.py").write_text(block.group(1))
+    out = subprocess.run(
+        [sys.executable, "quick.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    # a.py: range() and print() calls, one loop; b.py: len() call, one loop.
+    assert out.stdout.strip() == "5"
