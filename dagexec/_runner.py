@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from ._errors import DuplicateKeyError, TaskFailed, WorkerDied
-from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task
+from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task, resolve_args
 from ._once import Cell, OnceMap
 from ._pools import Call, Outcome, Pool, Pools, Unpicklable, current_thread_pool, run_calls
 from ._results import Results, RunStats
@@ -405,7 +405,7 @@ class _Run:
             return None
         state = self.state
         if task.refs:
-            args, kwargs = state.args(task)
+            args, kwargs = resolve_args(task.args, task.kwargs, task.refs, state.values)
             calls: list[Call] = [(key, task.fn, args, kwargs, (), True)]
         else:
             calls = [(key, task.fn, task.args, task.kwargs, (), True)]
@@ -470,10 +470,19 @@ class _Run:
         finish = state.finish
         cells = self.cells
         busy = self.busy
+        private = self.private
         ready: list[Hashable] = []
         for calls, outcomes, kind in batch:
             if kind is not None:
                 busy[kind] -= 1
+            if private and len(calls) == 1 and outcomes:  # the common case, kept lean
+                ok, value = outcomes[0]
+                if ok:
+                    finish(calls[0][0], value)
+                else:
+                    self.fail(calls[0][0], value)
+                self.ran += 1
+                continue
             last = len(calls) - 1
             for i, (ok, value) in enumerate(outcomes):
                 key = calls[i][0]
