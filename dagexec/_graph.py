@@ -143,8 +143,16 @@ def _name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
 
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
 def _collect(values: Iterable[Any], deps: dict[Hashable, None], gid: int, key: Hashable) -> bool:
-    """Add the keys of the Refs found in ``values`` (at any depth) to ``deps``."""
+    """Add the keys of the Refs found in ``values`` (at any depth) to ``deps``.
+
+    Refs are resolved inside plain lists, tuples and dicts (as values); one anywhere
+    else a container can hide it (a set, a dict key, a namedtuple) is an error, not a
+    Ref silently passed to the task.
+    """
     found = False
     for v in values:
         t = type(v)
@@ -156,9 +164,22 @@ def _collect(values: Iterable[Any], deps: dict[Hashable, None], gid: int, key: H
                 )
             deps[v.key] = None
             found = True
-        elif t is list or t is tuple or t is dict:
-            found = _collect(v.values() if t is dict else v, deps, gid, key) or found
+        elif t is list or t is tuple:
+            found = _collect(v, deps, gid, key) or found
+        elif t is dict:
+            if any(type(k) is Ref for k in v):
+                _unresolvable(key, "dict key")
+            found = _collect(v.values(), deps, gid, key) or found
+        elif isinstance(v, _CONTAINERS) and _collect(v, {}, gid, key):
+            _unresolvable(key, type(v).__name__)
     return found
+
+
+def _unresolvable(key: Hashable, where: str) -> None:
+    raise TypeError(
+        f"task {key!r}: a Ref inside a {where} is not resolved; pass it directly or inside "
+        "a plain list, tuple or dict (as a value)"
+    )
 
 
 #: ``_Task.refs`` of a task whose Refs are not all direct positional arguments.
@@ -171,18 +192,18 @@ def _scan_args(
     """Return (args to store, dependency keys, refs) for positional arguments."""
     positions: list[int] | None = None
     for i, a in enumerate(args):
-        t = type(a)
-        if t is Ref:
+        if type(a) is Ref:
             if a._gid != gid:
                 _collect((a,), {}, gid, key)  # raises the TypeError naming the key
             if positions is None:
                 positions = [i]
             else:
                 positions.append(i)
-        elif t is list or t is tuple or t is dict:
+        elif isinstance(a, _CONTAINERS):
             deps: dict[Hashable, None] = {}
             if _collect(args, deps, gid, key):
                 return args, tuple(deps), NESTED
+            return args, (), ()  # that scan covered every argument: no Ref anywhere
     if positions is None:
         return args, (), ()
     if len(args) == 1:
@@ -314,6 +335,11 @@ class Graph:
     ) -> tuple[Hashable, ...]:
         if isinstance(after, (str, bytes, Ref)):
             after = [after]
+        elif not isinstance(after, Iterable):
+            raise TypeError(
+                f"task {key!r}: after= takes a list of keys or Refs, not {after!r}; "
+                f"write after=[{after!r}]"
+            )
         keys: dict[Hashable, None] = {}
         for item in after:
             if type(item) is Ref:
@@ -344,8 +370,8 @@ class Graph:
         Everything must be picklable with cloudpickle to be hashed.
         """
         kind = self.default_kind if kind is None else kind
-        if isinstance(after, (str, bytes, Ref)):
-            after = [after]
+        if isinstance(after, (str, bytes, Ref)) or not isinstance(after, Iterable):
+            after = [after]  # add() rejects what is not a key
         after = list(after)
         content = (fn, args, sorted(kwargs.items()), kind, after)
         key = f"{_name(fn)}-{_content_hash(_name(fn), content)}"

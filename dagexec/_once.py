@@ -25,11 +25,15 @@ __all__ = ["Cell", "OnceMap"]
 
 Callback = Callable[[bool, Any], None]
 
+#: What a held value was computed from: ``(dep_key, dep_task, dep_lineage)`` per
+#: dependency, recursively, so a held value is reused only if its inputs are unchanged.
+Lineage = tuple[tuple[Hashable, _Task, "Lineage"], ...]
+
 
 class Cell:
     """The once-cell of one key: pending until its owner settles it."""
 
-    __slots__ = ("callbacks", "done", "hold", "ok", "task", "value")
+    __slots__ = ("callbacks", "done", "hold", "lineage", "ok", "task", "value")
 
     def __init__(self, task: _Task, hold: bool) -> None:
         self.task = task
@@ -38,6 +42,7 @@ class Cell:
         self.ok = False
         self.value: Any = None
         self.callbacks: list[Callback] = []
+        self.lineage: Lineage = ()
 
 
 class OnceMap:
@@ -47,23 +52,37 @@ class OnceMap:
         self._lock = threading.Lock()
         self._cells: dict[Hashable, Cell] = {}
 
-    def claim(self, task: _Task, hold: bool = False) -> tuple[Cell, bool]:
+    def claim(
+        self,
+        task: _Task,
+        hold: bool = False,
+        on_done: Callback | None = None,
+        reuse: bool = True,
+    ) -> tuple[Cell, bool]:
         """Return the cell for ``task.key`` and True if the caller must run it.
 
-        A settled cell with a different definition is replaced (the key is recomputed);
-        an in-flight one with a different definition raises ``DuplicateKeyError``.
+        When the caller does not own the cell, ``on_done(ok, value)`` is subscribed in
+        the same step (called at once, outside the lock, if the cell has settled), so no
+        settle or release can slip in between claiming and subscribing; an owner
+        subscribes with ``subscribe`` if it wants to. A settled cell with a different definition is
+        replaced (the key is recomputed); an in-flight one with a different definition
+        raises ``DuplicateKeyError``. With ``reuse=False`` a settled cell is replaced
+        even when its definition matches (a run that found it stale: its inputs changed).
         """
         key = task.key
         checked: Cell | None = None  # a cell whose definition matched, compared unlocked
         while True:
             with self._lock:
                 cell = self._cells.get(key)
-                if cell is None:
-                    cell = self._cells[key] = Cell(task, hold)
-                    return cell, True
+                if cell is None or (cell.done and not reuse):
+                    return self._new(task, hold), True
                 if cell.task is task or cell is checked:
                     cell.hold = cell.hold or hold
-                    return cell, False
+                    if not cell.done:
+                        if on_done is not None:
+                            cell.callbacks.append(on_done)
+                        return cell, False
+                    break  # settled and held: answer outside the lock
             # Comparing definitions runs user __eq__ code: never under the lock.
             detail = cell.task.difference(task)
             if detail is None:
@@ -73,8 +92,14 @@ class OnceMap:
                 raise DuplicateKeyError(key, f"{detail}, and that one is running now")
             with self._lock:
                 if self._cells.get(key) is cell:
-                    cell = self._cells[key] = Cell(task, hold)
-                    return cell, True
+                    return self._new(task, hold), True
+        if on_done is not None:
+            on_done(cell.ok, cell.value)
+        return cell, False
+
+    def _new(self, task: _Task, hold: bool) -> Cell:
+        cell = self._cells[task.key] = Cell(task, hold)
+        return cell
 
     def subscribe(self, cell: Cell, callback: Callback) -> None:
         """Call ``callback(ok, value)`` once ``cell`` settles (now, if it already has)."""
@@ -89,7 +114,7 @@ class OnceMap:
         with self._lock:
             cell.done = True
             cell.ok = ok
-            # Kept on the cell for late subscribers even when the map lets go of it.
+            # Kept on the cell for whoever still holds it, even when the map lets go.
             cell.value = value
             if not (ok and cell.hold) and self._cells.get(cell.task.key) is cell:
                 del self._cells[cell.task.key]
@@ -97,24 +122,38 @@ class OnceMap:
         for callback in callbacks:
             callback(ok, value)
 
-    def hold(self, cell: Cell, value: Any) -> None:
-        """Keep a settled cell's value (it became a target after it was claimed)."""
-        with self._lock:
-            if cell.done and cell.ok and not cell.hold:
-                cell.hold = True
-                cell.value = value
-                self._cells.setdefault(cell.task.key, cell)
+    def release(self, cell: Cell) -> bool:
+        """Give up an unsettled cell nobody else waits on; False if someone does.
 
-    def held(self, tasks: Mapping[Hashable, _Task]) -> dict[Hashable, Any]:
-        """Return the held values whose key is in ``tasks`` with the same definition."""
+        The key is free again: the next claim runs the task. A cell with subscribers
+        must be run for them (the caller's job) and settled.
+        """
+        with self._lock:
+            if cell.callbacks:
+                return False
+            cell.done = True
+            if self._cells.get(cell.task.key) is cell:
+                del self._cells[cell.task.key]
+            return True
+
+    def held(self, tasks: Mapping[Hashable, _Task]) -> tuple[dict[Hashable, Cell], set[Hashable]]:
+        """Return the held cells reusable for ``tasks``, and the keys of those that are not.
+
+        Reusable means the same definition all the way up: a held value whose inputs are
+        defined differently in ``tasks`` is stale (its key must be computed again).
+        """
         with self._lock:
             cells = [c for c in self._cells.values() if c.done and c.ok]
+        same: set[Hashable] = set()  # keys whose definition in ``tasks`` matches
         found = {}
+        stale = set()
         for cell in cells:
-            task = tasks.get(cell.task.key)
-            if task is not None and (task is cell.task or cell.task.difference(task) is None):
-                found[task.key] = cell.value
-        return found
+            key = cell.task.key
+            if _unchanged(((key, cell.task, cell.lineage),), tasks, same):
+                found[key] = cell
+            elif key in tasks:
+                stale.add(key)
+        return found, stale
 
     def clear(self) -> None:
         """Forget every held value; tasks in flight keep running for their callers."""
@@ -124,3 +163,23 @@ class OnceMap:
     def __len__(self) -> int:
         with self._lock:
             return len(self._cells)
+
+
+def _unchanged(lineage: Lineage, tasks: Mapping[Hashable, _Task], same: set[Hashable]) -> bool:
+    """Say whether every task in ``lineage`` is defined the same way in ``tasks``.
+
+    ``same`` holds keys already verified with all their inputs; it grows on success.
+    """
+    seen: set[Hashable] = set()
+    stack = [lineage]
+    while stack:
+        for key, old, inputs in stack.pop():
+            if key in same or key in seen:
+                continue
+            new = tasks.get(key)
+            if new is None or (new is not old and old.difference(new) is not None):
+                return False
+            seen.add(key)
+            stack.append(inputs)
+    same |= seen
+    return True

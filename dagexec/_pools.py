@@ -20,6 +20,7 @@ killed it is known exactly, and a fresh worker replaces it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import threading
@@ -28,6 +29,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import BrokenExecutor, Executor, Future
 from contextlib import contextmanager
+from functools import partial
 from queue import SimpleQueue
 from typing import Any
 
@@ -129,11 +131,14 @@ def current_thread_pool() -> _ThreadPool | None:
     return getattr(_local, "pool", None)
 
 
-_RETIRE = object()
-
-
 class _ThreadPool:
-    """Worker threads fed by one SimpleQueue; started on demand up to ``max_workers``."""
+    """Worker threads fed by one SimpleQueue; started on demand up to ``max_workers``.
+
+    ``_threads`` holds every started thread until it exits (it removes itself), so
+    ``shutdown`` knows exactly whom to stop. A worker that waits on another task lends
+    the pool one more thread (``blocking``); once the wait is over, the first worker to
+    finish an item while the pool is over its size retires.
+    """
 
     def __init__(self, max_workers: int) -> None:
         # Units a run keeps queued here: enough that workers never wait for the loop,
@@ -142,38 +147,51 @@ class _ThreadPool:
         self._queue: SimpleQueue[Any] = SimpleQueue()
         self._lock = threading.Lock()
         self._max = max_workers
-        self._threads: list[threading.Thread] = []
+        self._threads: set[threading.Thread] = set()
+        self._names = itertools.count()
+        self._closed = False
 
     def submit(self, calls: list[Call], sink: Sink, stop: Stop | None = None) -> None:
+        if self._closed:
+            raise RuntimeError("this Runner is shut down; create a new one")
         self._queue.put((calls, sink, stop))
         if len(self._threads) < self._max:
             self._spawn()
 
     def _spawn(self) -> None:
         with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
-            if len(self._threads) >= self._max:
+            if self._closed or len(self._threads) >= self._max:
                 return
             thread = threading.Thread(
-                target=self._work, name=f"dagexec-thread-{len(self._threads)}", daemon=True
+                target=self._work, name=f"dagexec-thread-{next(self._names)}", daemon=True
             )
-            self._threads.append(thread)
-        thread.start()
+            self._threads.add(thread)
+            thread.start()
 
     def _work(self) -> None:
         _local.pool = self
         get = self._queue.get
-        while True:
-            item = get()
-            if item is _RETIRE:
-                with self._lock:
-                    self._threads.remove(threading.current_thread())
-                return
-            if item is None:
-                return
-            calls, sink, stop = item
-            sink(calls, run_calls(calls, stop))
-            del item, calls, sink, stop  # hold no task values while waiting for work
+        try:
+            while True:
+                item = get()
+                if item is None:
+                    return
+                calls, sink, stop = item
+                sink(calls, run_calls(calls, stop))
+                del item, calls, sink, stop  # hold no task values while waiting for work
+                if len(self._threads) > self._max and self._retire():
+                    return
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def _retire(self) -> bool:
+        """Leave the pool if it is over its size (decided under the lock, one at a time)."""
+        with self._lock:
+            if len(self._threads) > self._max:
+                self._threads.discard(threading.current_thread())
+                return True
+            return False
 
     @contextmanager
     def blocking(self) -> Iterator[None]:
@@ -190,13 +208,13 @@ class _ThreadPool:
         finally:
             with self._lock:
                 self._max -= 1
-            self._queue.put(_RETIRE)
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
-            threads, self._max = list(self._threads), 0
+            self._closed = True
+            threads = list(self._threads)
         for _ in threads:
-            self._queue.put(None)
+            self._queue.put(None)  # queued after any pending work, which still runs
         if wait:
             for thread in threads:
                 thread.join()
@@ -267,11 +285,17 @@ def encode_calls(calls: list[Call]) -> bytes:
     return payload
 
 
-def decode_outcomes(parts: list[bytes]) -> list[Outcome]:
-    """Unpickle what ``_process_entry`` returned."""
-    outcomes = []
-    for part in parts:
-        ok, value = pickle.loads(part)
+def decode_outcomes(calls: list[Call], parts: list[bytes]) -> list[Outcome]:
+    """Unpickle what ``_process_entry`` returned; a value that cannot be is a failure."""
+    outcomes: list[Outcome] = []
+    for call, part in zip(calls, parts):  # noqa: B905 (parts stop at a failure)
+        try:
+            ok, value = pickle.loads(part)
+        except Exception as exc:
+            what = "returned an object that cannot be unpickled in the calling process"
+            detail = f"{type(exc).__name__}: {exc}"
+            outcomes.append((False, Unpicklable(call[0], what, detail, exc)))
+            break
         outcomes.append((ok, value.rebuild() if type(value) is _Raised else value))
     return outcomes
 
@@ -295,19 +319,30 @@ class _Slot:
         self.executor: ProcessPoolExecutor | None = None
 
 
+_Pending = tuple[bytes, list[Call], Sink, "Stop | None"]
+
+
 class _ProcessPool:
-    """Worker processes, one call list at a time each; a dead worker is replaced."""
+    """Worker processes, one call list at a time each; a dead worker is replaced.
+
+    Each slot is a single-worker loky executor, so the task a dead worker was running is
+    known exactly. Units wait in ``_pending`` while every slot is busy; a slot that
+    finishes takes the next one (on loky's callback thread).
+    """
 
     def __init__(self, max_workers: int) -> None:
         self.capacity = max_workers  # placement is decided when a worker is free
         self._lock = threading.Lock()
         self._idle = [_Slot(i) for i in reversed(range(max_workers))]
-        self._pending: deque[tuple[bytes, list[Call], Sink]] = deque()
+        self._pending: deque[_Pending] = deque()
         self._executors: list[ProcessPoolExecutor] = []
+        self._closed = False
         self.bytes_sent = 0
         self.bytes_received = 0
 
     def submit(self, calls: list[Call], sink: Sink, stop: Stop | None = None) -> None:
+        if self._closed:
+            raise RuntimeError("this Runner is shut down; create a new one")
         try:
             payload = encode_calls(calls)
         except Unpicklable as exc:
@@ -317,55 +352,72 @@ class _ProcessPool:
             self.bytes_sent += len(payload)
             slot = self._idle.pop() if self._idle else None
             if slot is None:
-                self._pending.append((payload, calls, sink))
+                self._pending.append((payload, calls, sink, stop))
                 return
-        self._start(slot, payload, calls, sink)
+        self._run_on(slot, (payload, calls, sink, stop))
 
-    def _start(self, slot: _Slot, payload: bytes, calls: list[Call], sink: Sink) -> None:
-        if slot.executor is None:
-            slot.executor = ProcessPoolExecutor(max_workers=1)
-            with self._lock:
+    def _run_on(self, slot: _Slot, item: _Pending | None) -> None:
+        """Start ``item`` on ``slot``; one that cannot start is reported, and the next tried."""
+        while item is not None:
+            payload, calls, sink, stop = item
+            if stop is not None and stop():
+                sink(calls, [])  # its run stopped while it waited: never started
+            else:
+                try:
+                    future = self._executor(slot).submit(_process_entry, payload)
+                except Exception as exc:  # shut down, or a pool that broke between tasks
+                    sink(calls, [(False, self._lost(slot, exc))])
+                else:
+                    future.add_done_callback(partial(self._finished, slot, calls, sink))
+                    return
+            item = self._next(slot)
+
+    def _executor(self, slot: _Slot) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this Runner is shut down; create a new one")
+            if slot.executor is None:
+                slot.executor = ProcessPoolExecutor(max_workers=1)
                 self._executors.append(slot.executor)
-        future: Future[Any]
-        try:
-            future = slot.executor.submit(_process_entry, payload)
-        except Exception as exc:  # a pool that broke between two tasks
-            future = Future()
-            future.set_exception(exc)
-        future.add_done_callback(lambda f: self._finished(slot, calls, sink, f))
+            return slot.executor
+
+    def _lost(self, slot: _Slot, exc: BaseException) -> BaseException:
+        """Retire the slot's executor if ``exc`` says it broke; return what to report."""
+        if not isinstance(exc, BrokenExecutor):
+            return exc
+        executor, slot.executor = slot.executor, None
+        if executor is not None:
+            # Possibly on that executor's own thread: it cannot be joined here;
+            # shutdown() joins it with the others.
+            executor.shutdown(wait=False)
+        return _worker_died(exc)
+
+    def _next(self, slot: _Slot) -> _Pending | None:
+        with self._lock:
+            if self._pending:
+                return self._pending.popleft()
+            self._idle.append(slot)
+            return None
 
     def _finished(self, slot: _Slot, calls: list[Call], sink: Sink, future: Future[Any]) -> None:
         exc = future.exception()
         if exc is None:
             parts = future.result()
-            outcomes = decode_outcomes(parts)
-            received = sum(len(p) for p in parts)
+            with self._lock:
+                self.bytes_received += sum(len(p) for p in parts)
+            outcomes = decode_outcomes(calls, parts)
         else:
-            if isinstance(exc, BrokenExecutor) and slot.executor is not None:
-                # Called from that executor's own thread: it cannot be joined here;
-                # shutdown() joins it with the others.
-                slot.executor.shutdown(wait=False)
-                slot.executor = None
-                exc = _worker_died(exc)
-            outcomes, received = [(False, exc)], 0
-        with self._lock:
-            self.bytes_received += received
-            nxt = self._pending.popleft() if self._pending else None
-            if nxt is None:
-                self._idle.append(slot)
-        if nxt is not None:
-            self._start(slot, *nxt)
+            outcomes = [(False, self._lost(slot, exc))]
+        self._run_on(slot, self._next(slot))
         sink(calls, outcomes)
-
-    def worker_pids(self) -> list[int]:
-        """Return the pids of the live worker processes."""
-        with self._lock:
-            executors = list(self._executors)
-        return [pid for ex in executors for pid in getattr(ex, "_processes", {})]
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
+            self._closed = True
             executors, self._executors = self._executors, []
+            pending, self._pending = list(self._pending), deque()
+        for _, calls, sink, _ in pending:
+            sink(calls, [(False, RuntimeError("the Runner was shut down before this task ran"))])
         for executor in executors:
             executor.shutdown(wait=wait)
 
@@ -386,17 +438,22 @@ class _ExecutorPool:
             except Unpicklable as exc:
                 sink(calls, [(False, exc)])
                 return
-            future: Future[Any] = self._executor.submit(_process_entry, payload)
-        else:
-            future = self._executor.submit(run_calls, calls, stop)
-        future.add_done_callback(lambda f: sink(calls, self._outcomes(f)))
+        try:
+            if self._portable:
+                future: Future[Any] = self._executor.submit(_process_entry, payload)
+            else:
+                future = self._executor.submit(run_calls, calls, stop)
+        except Exception as exc:  # the user's executor is shut down or broken
+            sink(calls, [(False, _worker_died(exc) if isinstance(exc, BrokenExecutor) else exc)])
+            return
+        future.add_done_callback(lambda f: sink(calls, self._outcomes(calls, f)))
 
-    def _outcomes(self, future: Future[Any]) -> list[Outcome]:
+    def _outcomes(self, calls: list[Call], future: Future[Any]) -> list[Outcome]:
         exc = future.exception()
         if exc is not None:
             return [(False, _worker_died(exc) if isinstance(exc, BrokenExecutor) else exc)]
         result = future.result()
-        return decode_outcomes(result) if self._portable else result
+        return decode_outcomes(calls, result) if self._portable else result
 
     def shutdown(self, wait: bool = True) -> None:
         """Leave the user's executor alone."""
@@ -431,17 +488,28 @@ class Pools:
                 raise TypeError(f"executors[{kind!r}] is {ex!r}, not a concurrent.futures.Executor")
         self._lock = threading.Lock()
         self._pools: dict[str, Pool] = {}
+        self._closed = False
 
     def get(self, kind: str) -> Pool:
-        """Return the pool for ``kind`` ("thread" or "process"), creating it if needed."""
+        """Return the pool for ``kind`` ("thread" or "process"), creating it if needed.
+
+        Raises:
+            RuntimeError: the registry is shut down.
+        """
         pool = self._pools.get(kind)
         if pool is not None:
             return pool
         with self._lock:
+            if self._closed:
+                raise RuntimeError("this Runner is shut down; create a new one")
             pool = self._pools.get(kind)
             if pool is None:
                 pool = self._pools[kind] = self._create(kind)
         return pool
+
+    def peek(self, kind: str) -> Pool | None:
+        """Return the pool for ``kind`` if it exists, without creating it."""
+        return self._pools.get(kind)
 
     def _create(self, kind: str) -> Pool:
         if kind in self._executors:
@@ -458,7 +526,8 @@ class Pools:
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
-            pools, self._pools = list(self._pools.values()), {}
+            self._closed = True
+            pools = list(self._pools.values())
         for pool in pools:
             pool.shutdown(wait=wait)
 

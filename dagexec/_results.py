@@ -82,7 +82,8 @@ class Results(Mapping[Hashable, Any]):
         except KeyError:
             failure = self.errors.get(key) or self._skipped.get(key)
             if failure is not None:
-                raise failure from failure.__cause__
+                # A fresh traceback at each lookup, not one growing with every raise.
+                raise failure.with_traceback(None) from failure.__cause__
             raise
 
     def __contains__(self, key: object) -> bool:

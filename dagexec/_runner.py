@@ -29,8 +29,8 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from ._errors import DuplicateKeyError, TaskFailed, WorkerDied
-from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task, resolve_args
-from ._once import Cell, OnceMap
+from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task
+from ._once import Cell, Lineage, OnceMap
 from ._pools import Call, Outcome, Pool, Pools, Unpicklable, current_thread_pool, run_calls
 from ._results import Results, RunStats
 from ._state import RunState
@@ -83,8 +83,6 @@ class _TaskFuture(Future[T]):
 def task_failed(key: Hashable, exc: BaseException) -> TaskFailed:
     """Wrap a task's exception in a TaskFailed whose message says what happened."""
     cause: BaseException | None = exc
-    if isinstance(exc, TaskFailed):
-        return exc
     if isinstance(exc, Unpicklable):
         culprit = "" if exc.key == key else f" (in its chain, task {exc.key!r})"
         reason = (
@@ -149,23 +147,23 @@ class Runner:
         self._check_open()
         task = _submitted_task(key, fn, args, kwargs, kind)
         future: _TaskFuture[T] = _TaskFuture()
-        cell, owner = self._once.claim(task, hold=True)
-        self._once.subscribe(cell, lambda ok, value: _settle_future(future, key, ok, value))
-        if owner:
-            self._start(task, cell)
-        return future
 
-    def _start(self, task: _Task, cell: Cell) -> None:
-        calls: list[Call] = [(task.key, task.fn, task.args, task.kwargs, (), True)]
-        pool = current_thread_pool()
-        if task.kind == "inline" or (task.kind == "thread" and pool is self._pools.get("thread")):
-            # Already on one of our threads: run it here rather than queue behind ourselves.
-            ok, value = run_calls(calls)[0]
-            self._once.settle(cell, ok, value)
-            return
-        self._pools.get(task.kind).submit(
-            calls, lambda _calls, outcomes: self._once.settle(cell, *outcomes[0])
-        )
+        def done(ok: bool, value: Any) -> None:
+            _settle_future(future, key, ok, value)
+
+        cell, owner = self._once.claim(task, hold=True, on_done=done)
+        if owner:
+            self._once.subscribe(cell, done)
+            calls: list[Call] = [(key, fn, args, task.kwargs, (), True)]
+            worker_of = current_thread_pool()
+            on_our_thread = worker_of is not None and worker_of is self._pools.peek("thread")
+            if kind == "inline" or (kind == "thread" and on_our_thread):
+                # Here rather than queued behind ourselves on our own pool. Only Exceptions
+                # are failures: Ctrl-C in the caller's thread is the caller's.
+                self._once.settle(cell, *run_calls(calls, None, Exception)[0])
+            else:
+                run_for(self._once, self._pools, cell, calls)
+        return future
 
     def run(
         self,
@@ -232,6 +230,18 @@ class Runner:
         self.shutdown(wait=True)
 
 
+def run_for(once: OnceMap, pools: Pools, cell: Cell, calls: list[Call]) -> None:
+    """Run a single call on its pool for whoever waits on ``cell``, and settle it."""
+
+    def settle(_calls: list[Call], outcomes: list[Outcome]) -> None:
+        once.settle(cell, *outcomes[0])
+
+    try:
+        pools.get(cell.task.kind).submit(calls, settle)
+    except RuntimeError as exc:  # the Runner was shut down
+        once.settle(cell, False, exc)
+
+
 def _submitted_task(
     key: Hashable, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], kind: str
 ) -> _Task:
@@ -272,6 +282,10 @@ def _target_keys(
                 raise TypeError(f"target {t!r} belongs to another Graph")
             keys.append(t.key)
         else:
+            try:
+                hash(t)
+            except TypeError:
+                raise TypeError(f"target {t!r} is not a hashable key") from None
             keys.append(t)
     return keys
 
@@ -310,9 +324,11 @@ class _Run:
         self.pools = runner._pools
         tasks = graph._tasks
         self.private = runner._private
-        held = self.once.held(tasks) if len(self.once) else {}
+        held, self.stale = self.once.held(tasks) if len(self.once) else ({}, set())
         with _gc_paused():
-            self.state = RunState(tasks, targets, held, keep_all)
+            self.state = RunState(tasks, targets, {k: c.value for k, c in held.items()}, keep_all)
+        # What each held value was computed from, to record what new held values are.
+        self.lineages: dict[Hashable, Lineage] = {k: c.lineage for k, c in held.items()}
         self.tasks = tasks
         self.fail_fast = fail_fast
         self.queue: SimpleQueue[_Message] = SimpleQueue()
@@ -323,6 +339,9 @@ class _Run:
         self.cells: dict[Hashable, Cell] = {}
         self.first: TaskFailed | None = None
         self.stop = threading.Event()  # set at the first failure when failing fast
+        self.orphan_lock = threading.Lock()
+        self.orphaned = False  # set by abort: pools settle this run's cells themselves
+        self.batch: list[_Message] = []  # the messages being handled
         self.ran = 0
         self.waited = 0
         self.bytes_before = self.pools.process_stats()
@@ -352,23 +371,38 @@ class _Run:
                 continue
             while not empty():
                 batch.append(get())
+            self.batch = batch  # for abort(), should handling be interrupted
             ready = self.handle(batch)
-            del batch  # hold no values the release rule has dropped
+            self.batch = batch = []  # hold no values the release rule has dropped
             self.enqueue(ready)
 
     def abort(self, exc: BaseException) -> None:
-        """Stop everything queued and fail the once-cells this run owns.
+        """Stop starting work; leave what runs to settle its once-cells by itself.
 
-        Work already queued in a pool is skipped (``stop``); tasks already running finish
-        in the background and their outcome is dropped. Other callers waiting on a cell
-        of this run get a failure rather than waiting forever.
+        Work queued in a pool is skipped (``stop``). A task still running finishes in the
+        background: its outcome settles its once-cell straight from the pool's thread, so
+        other callers waiting on it get its value, and the key is never run twice at once.
         """
         self.stop.set()
         for keys in self.waiting.values():
             keys.clear()
-        cells, self.cells = self.cells, {}
-        for cell in cells.values():
-            self.once.settle(cell, False, exc)
+        if self.private:
+            return  # nobody else can wait on anything of this run
+        with self.orphan_lock:
+            self.orphaned = True
+            messages, self.batch = self.batch, []  # an interrupted handle() left these
+            while not self.queue.empty():
+                messages.append(self.queue.get())
+        for calls, outcomes, _ in messages:
+            self.settle_orphans(calls, outcomes)
+
+    def settle_orphans(self, calls: list[Call], outcomes: list[Outcome]) -> None:
+        """Settle the cells of outcomes that arrive after the run's loop has gone."""
+        for (key, *_), (ok, value) in zip(calls, outcomes):  # noqa: B905
+            cell = self.cells.pop(key, None)
+            if cell is not None:
+                self.once.settle(cell, ok, value)
+        self.release_or_run(calls[len(outcomes) :])
 
     def enqueue(self, keys: Iterable[Hashable]) -> None:
         if self.first is not None:
@@ -387,8 +421,10 @@ class _Run:
                 while keys and self.first is None:
                     msg = self.start(keys.popleft(), None)
                     if msg is not None:
-                        ready = self.handle([msg])
-                        del msg  # hold no values the release rule has dropped
+                        self.batch = [msg]  # for abort(), should handling be interrupted
+                        del msg
+                        ready = self.handle(self.batch)
+                        self.batch = []  # hold no values the release rule has dropped
                         self.enqueue(ready)
                 continue
             pool = self.pools.get(kind)
@@ -405,7 +441,7 @@ class _Run:
             return None
         state = self.state
         if task.refs:
-            args, kwargs = resolve_args(task.args, task.kwargs, task.refs, state.values)
+            args, kwargs = state.args(task)
             calls: list[Call] = [(key, task.fn, args, kwargs, (), True)]
         else:
             calls = [(key, task.fn, task.args, task.kwargs, (), True)]
@@ -439,29 +475,60 @@ class _Run:
         """Report outcomes from a pool (called on the pool's thread)."""
         if self.fail_fast and outcomes and not outcomes[-1][0]:
             self.stop.set()  # chains running elsewhere stop before their next task
-        self.queue.put((calls, outcomes, kind))
+        self.post(calls, outcomes, kind)
 
     def sink(self, calls: list[Call], outcomes: list[Outcome]) -> None:
         """Report outcomes that no pool of this run produced (subscriptions, errors)."""
-        self.queue.put((calls, outcomes, None))
+        self.post(calls, outcomes, None)
+
+    def post(self, calls: list[Call], outcomes: list[Outcome], kind: str | None) -> None:
+        if self.private:
+            self.queue.put((calls, outcomes, kind))
+            return
+        with self.orphan_lock:  # an aborted run's loop no longer reads the queue
+            if not self.orphaned:
+                self.queue.put((calls, outcomes, kind))
+                return
+        self.settle_orphans(calls, outcomes)
 
     def claim(self, task: _Task) -> bool:
         """Own ``task``'s once-cell, or subscribe to it; return whether to run it here."""
+        call: list[Call] = [(task.key, task.fn, (), {}, (), True)]
+
+        def joined(ok: bool, value: Any) -> None:
+            self.sink(call, [(ok, value)])
+
+        hold = self.state.keep_all or task.key in self.state.targets  # what it hands out
         try:
-            hold = self.state.keep_all or task.key in self.state.targets  # what it hands out
-            cell, owner = self.once.claim(task, hold=hold)
+            reuse = task.key not in self.stale  # held, but computed from other inputs
+            cell, owner = self.once.claim(task, hold=hold, on_done=joined, reuse=reuse)
         except DuplicateKeyError as exc:
             self.inflight += 1
-            self.sink([(task.key, task.fn, (), {}, (), True)], [(False, exc)])
+            self.sink(call, [(False, exc)])
             return False
         if owner:
+            if hold:
+                cell.lineage = self.lineage(task.key)
             self.cells[task.key] = cell
             return True
         self.inflight += 1
         self.waited += 1
-        call: list[Call] = [(task.key, task.fn, (), {}, (), True)]
-        self.once.subscribe(cell, lambda ok, value: self.sink(call, [(ok, value)]))
         return False
+
+    def lineage(self, key: Hashable) -> Lineage:
+        """Return what ``key`` is computed from, recursively (built once per key)."""
+        memo = self.lineages
+        tasks = self.tasks
+        stack = [key]
+        while stack:  # iterative post-order: chains may be deeper than the C stack
+            top = stack[-1]
+            missing = [d for d in tasks[top].preds if d not in memo]
+            if missing:
+                stack.extend(missing)
+                continue
+            stack.pop()
+            memo[top] = tuple((d, tasks[d], memo[d]) for d in tasks[top].preds)
+        return memo[key]
 
     def handle(self, batch: list[_Message]) -> list[Hashable]:
         """Record the outcomes of some units of work; return the keys that became ready."""
@@ -500,17 +567,21 @@ class _Run:
             if self.private:
                 self.ran += len(outcomes)
             elif len(outcomes) <= last and cells:
-                self.abandon(calls[len(outcomes) :])
+                self.release_or_run(calls[len(outcomes) :])
         ready += state.ready()
         return ready
 
-    def abandon(self, calls: list[Call]) -> None:
-        """Fail the cells of calls that never ran because the run stopped first."""
+    def release_or_run(self, calls: list[Call]) -> None:
+        """Handle calls skipped because the run stopped before they started.
+
+        Their once-cells are released, so the keys are free again; a cell that another
+        caller has joined is run for that caller instead (failures are not memoised, and
+        a failure elsewhere in this run is no reason to fail it).
+        """
         for call in calls:
             cell = self.cells.pop(call[0], None)
-            if cell is not None:
-                reason = "was not run: its run stopped at another task's failure"
-                self.once.settle(cell, False, TaskFailed(call[0], reason))
+            if cell is not None and not self.once.release(cell):
+                run_for(self.once, self.pools, cell, [call])
 
     def fail(self, key: Hashable, exc: BaseException) -> None:
         failed = task_failed(key, exc)
