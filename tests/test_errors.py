@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import _record, ran, total, value
 
 import dagexec
 
@@ -25,26 +26,6 @@ WAIT = 10.0  # seconds an Event waits before the test gives up and fails
 
 
 # -- task helpers (module level, so process workers can import them) -----------------------
-
-
-def _record(log: Path, key: str) -> None:
-    with log.open("a") as f:
-        f.write(f"{key}\n")
-
-
-def ran(log: Path) -> list[str]:
-    """Return the keys recorded in ``log``, in the order they ran."""
-    return log.read_text().split() if log.exists() else []
-
-
-def value(log: Path, key: str, v: Any) -> Any:
-    _record(log, key)
-    return v
-
-
-def total(log: Path, key: str, *values: int) -> int:
-    _record(log, key)
-    return sum(values)
 
 
 def fail_parse(log: Path, key: str, *_: Any) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import loky
 import pytest
+from _helpers import _record, ran, total, value
 
 import dagexec
 
@@ -28,26 +29,6 @@ WAIT = 10.0  # seconds an Event or Barrier waits before the test gives up and fa
 
 
 # -- task helpers (module level, so process workers can import them) -----------------------
-
-
-def _record(log: Path, key: str) -> None:
-    with log.open("a") as f:
-        f.write(f"{key}\n")
-
-
-def ran(log: Path) -> list[str]:
-    """Return the keys recorded in ``log``, in the order they ran."""
-    return log.read_text().split() if log.exists() else []
-
-
-def value(log: Path, key: str, v: Any) -> Any:
-    _record(log, key)
-    return v
-
-
-def total(log: Path, key: str, *values: int) -> int:
-    _record(log, key)
-    return sum(values)
 
 
 def args_of(log: Path, key: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
