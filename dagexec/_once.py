@@ -21,13 +21,21 @@ from typing import Any
 from ._errors import DuplicateKeyError
 from ._graph import _Task
 
-__all__ = ["Cell", "OnceMap"]
+__all__ = ["Busy", "Cell", "OnceMap"]
 
 Callback = Callable[[bool, Any], None]
 
 #: What a held value was computed from: ``(dep_key, dep_task, dep_lineage)`` per
 #: dependency, recursively, so a held value is reused only if its inputs are unchanged.
 Lineage = tuple[tuple[Hashable, _Task, "Lineage"], ...]
+
+
+class Busy(DuplicateKeyError):
+    """The key is being computed right now from another definition (``cell``)."""
+
+    def __init__(self, key: Hashable, detail: str, cell: Cell) -> None:
+        super().__init__(key, detail)
+        self.cell = cell
 
 
 class Cell:
@@ -57,25 +65,28 @@ class OnceMap:
         task: _Task,
         hold: bool = False,
         on_done: Callback | None = None,
-        reuse: bool = True,
+        tasks: Mapping[Hashable, _Task] | None = None,
+        lineage: Lineage = (),
     ) -> tuple[Cell, bool]:
         """Return the cell for ``task.key`` and True if the caller must run it.
 
-        When the caller does not own the cell, ``on_done(ok, value)`` is subscribed in
-        the same step (called at once, outside the lock, if the cell has settled), so no
-        settle or release can slip in between claiming and subscribing; an owner
-        subscribes with ``subscribe`` if it wants to. A settled cell with a different definition is
-        replaced (the key is recomputed); an in-flight one with a different definition
-        raises ``DuplicateKeyError``. With ``reuse=False`` a settled cell is replaced
-        even when its definition matches (a run that found it stale: its inputs changed).
+        An existing cell is joined only if it computes the same thing: the same
+        definition and, when the caller passes its graph's ``tasks``, inputs defined the
+        same way all the way up (the cell's lineage). Otherwise a settled cell is
+        replaced (the key is recomputed) and an in-flight one raises
+        ``DuplicateKeyError``. A new cell records ``lineage``. When the caller does not
+        own the cell, ``on_done(ok, value)`` is subscribed in the same step (called at
+        once, outside the lock, if the cell has settled), so no settle or release can
+        slip in between claiming and subscribing; an owner subscribes with
+        ``subscribe`` if it wants to.
         """
         key = task.key
-        checked: Cell | None = None  # a cell whose definition matched, compared unlocked
+        checked: Cell | None = None  # a cell found to compute the same thing, unlocked
         while True:
             with self._lock:
                 cell = self._cells.get(key)
-                if cell is None or (cell.done and not reuse):
-                    return self._new(task, hold), True
+                if cell is None:
+                    return self._new(task, hold, lineage), True
                 if cell.task is task or cell is checked:
                     cell.hold = cell.hold or hold
                     if not cell.done:
@@ -85,20 +96,23 @@ class OnceMap:
                     break  # settled and held: answer outside the lock
             # Comparing definitions runs user __eq__ code: never under the lock.
             detail = cell.task.difference(task)
+            if detail is None and tasks is not None and not _unchanged(cell.lineage, tasks, set()):
+                detail = "its inputs are defined differently"
             if detail is None:
                 checked = cell
                 continue
             if not cell.done:
-                raise DuplicateKeyError(key, f"{detail}, and that one is running now")
+                raise Busy(key, f"{detail}, and that one is running now", cell)
             with self._lock:
                 if self._cells.get(key) is cell:
-                    return self._new(task, hold), True
+                    return self._new(task, hold, lineage), True
         if on_done is not None:
             on_done(cell.ok, cell.value)
         return cell, False
 
-    def _new(self, task: _Task, hold: bool) -> Cell:
+    def _new(self, task: _Task, hold: bool, lineage: Lineage) -> Cell:
         cell = self._cells[task.key] = Cell(task, hold)
+        cell.lineage = lineage
         return cell
 
     def subscribe(self, cell: Cell, callback: Callback) -> None:
@@ -110,8 +124,13 @@ class OnceMap:
         callback(cell.ok, cell.value)
 
     def settle(self, cell: Cell, ok: bool, value: Any) -> None:
-        """Record the outcome of ``cell`` and call its subscribers outside the lock."""
+        """Record the outcome of ``cell`` and call its subscribers outside the lock.
+
+        Settling a cell that has already settled (or been released) does nothing.
+        """
         with self._lock:
+            if cell.done:
+                return
             cell.done = True
             cell.ok = ok
             # Kept on the cell for whoever still holds it, even when the map lets go.
@@ -136,24 +155,20 @@ class OnceMap:
                 del self._cells[cell.task.key]
             return True
 
-    def held(self, tasks: Mapping[Hashable, _Task]) -> tuple[dict[Hashable, Cell], set[Hashable]]:
-        """Return the held cells reusable for ``tasks``, and the keys of those that are not.
+    def held(self, tasks: Mapping[Hashable, _Task]) -> dict[Hashable, Cell]:
+        """Return the held cells reusable for ``tasks``.
 
         Reusable means the same definition all the way up: a held value whose inputs are
-        defined differently in ``tasks`` is stale (its key must be computed again).
+        defined differently in ``tasks`` is stale, and its key is computed again.
         """
         with self._lock:
             cells = [c for c in self._cells.values() if c.done and c.ok]
-        same: set[Hashable] = set()  # keys whose definition in ``tasks`` matches
-        found = {}
-        stale = set()
-        for cell in cells:
-            key = cell.task.key
-            if _unchanged(((key, cell.task, cell.lineage),), tasks, same):
-                found[key] = cell
-            elif key in tasks:
-                stale.add(key)
-        return found, stale
+        same: set[tuple[Hashable, int]] = set()  # (key, id of the old task) verified
+        return {
+            cell.task.key: cell
+            for cell in cells
+            if _unchanged(((cell.task.key, cell.task, cell.lineage),), tasks, same)
+        }
 
     def clear(self) -> None:
         """Forget every held value; tasks in flight keep running for their callers."""
@@ -165,21 +180,26 @@ class OnceMap:
             return len(self._cells)
 
 
-def _unchanged(lineage: Lineage, tasks: Mapping[Hashable, _Task], same: set[Hashable]) -> bool:
+def _unchanged(
+    lineage: Lineage, tasks: Mapping[Hashable, _Task], same: set[tuple[Hashable, int]]
+) -> bool:
     """Say whether every task in ``lineage`` is defined the same way in ``tasks``.
 
-    ``same`` holds keys already verified with all their inputs; it grows on success.
+    ``same`` holds (key, id of the old task) pairs already verified with all their inputs
+    (the same key may stand for different old tasks in different lineages); it grows on
+    success. The lineage keeps the old tasks alive, so their ids are not reused meanwhile.
     """
-    seen: set[Hashable] = set()
+    seen: set[tuple[Hashable, int]] = set()
     stack = [lineage]
     while stack:
         for key, old, inputs in stack.pop():
-            if key in same or key in seen:
+            mark = (key, id(old))
+            if mark in same or mark in seen:
                 continue
             new = tasks.get(key)
             if new is None or (new is not old and old.difference(new) is not None):
                 return False
-            seen.add(key)
+            seen.add(mark)
             stack.append(inputs)
     same |= seen
     return True

@@ -152,9 +152,10 @@ class _ThreadPool:
         self._closed = False
 
     def submit(self, calls: list[Call], sink: Sink, stop: Stop | None = None) -> None:
-        if self._closed:
-            raise RuntimeError("this Runner is shut down; create a new one")
-        self._queue.put((calls, sink, stop))
+        with self._lock:  # never queued behind shutdown()'s stop signals
+            if self._closed:
+                raise RuntimeError("this Runner is shut down; create a new one")
+            self._queue.put((calls, sink, stop))
         if len(self._threads) < self._max:
             self._spawn()
 
@@ -216,8 +217,10 @@ class _ThreadPool:
         for _ in threads:
             self._queue.put(None)  # queued after any pending work, which still runs
         if wait:
+            me = threading.current_thread()
             for thread in threads:
-                thread.join()
+                if thread is not me:  # shut down from one of its own tasks
+                    thread.join()
 
 
 # -- processes -------------------------------------------------------------------------
@@ -364,13 +367,23 @@ class _ProcessPool:
                 sink(calls, [])  # its run stopped while it waited: never started
             else:
                 try:
-                    future = self._executor(slot).submit(_process_entry, payload)
-                except Exception as exc:  # shut down, or a pool that broke between tasks
-                    sink(calls, [(False, self._lost(slot, exc))])
+                    future = self._submit(slot, payload)
+                except Exception as exc:  # shut down
+                    sink(calls, [(False, exc)])
                 else:
                     future.add_done_callback(partial(self._finished, slot, calls, sink))
                     return
             item = self._next(slot)
+
+    def _submit(self, slot: _Slot, payload: bytes) -> Future[Any]:
+        """Submit to the slot's worker; one that broke while idle is replaced, not blamed."""
+        future: Future[Any]
+        try:
+            future = self._executor(slot).submit(_process_entry, payload)
+        except BrokenExecutor as exc:
+            self._lost(slot, exc)
+            future = self._executor(slot).submit(_process_entry, payload)
+        return future
 
     def _executor(self, slot: _Slot) -> ProcessPoolExecutor:
         with self._lock:
@@ -408,8 +421,10 @@ class _ProcessPool:
             outcomes = decode_outcomes(calls, parts)
         else:
             outcomes = [(False, self._lost(slot, exc))]
-        self._run_on(slot, self._next(slot))
-        sink(calls, outcomes)
+        try:
+            self._run_on(slot, self._next(slot))
+        finally:
+            sink(calls, outcomes)
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:

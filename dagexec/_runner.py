@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeVar
 
 from ._errors import DuplicateKeyError, TaskFailed, WorkerDied
 from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task
-from ._once import Cell, Lineage, OnceMap
+from ._once import Busy, Cell, Lineage, OnceMap
 from ._pools import Call, Outcome, Pool, Pools, Unpicklable, current_thread_pool, run_calls
 from ._results import Results, RunStats
 from ._state import RunState
@@ -41,6 +41,7 @@ T = TypeVar("T")
 
 _POLL = 0.1  # seconds the loop blocks at most, so Ctrl-C is handled promptly
 _PUMP_ORDER = ("inline", "thread", "process")
+_RETRY = "retry"  # the "kind" of a message asking to claim a key again
 
 
 @contextmanager
@@ -160,7 +161,12 @@ class Runner:
             if kind == "inline" or (kind == "thread" and on_our_thread):
                 # Here rather than queued behind ourselves on our own pool. Only Exceptions
                 # are failures: Ctrl-C in the caller's thread is the caller's.
-                self._once.settle(cell, *run_calls(calls, None, Exception)[0])
+                try:
+                    ok, value = run_calls(calls, None, Exception)[0]
+                except BaseException as exc:  # Ctrl-C or SystemExit: the caller's to handle
+                    self._once.settle(cell, False, exc)
+                    raise
+                self._once.settle(cell, ok, value)
             else:
                 run_for(self._once, self._pools, cell, calls)
         return future
@@ -324,7 +330,7 @@ class _Run:
         self.pools = runner._pools
         tasks = graph._tasks
         self.private = runner._private
-        held, self.stale = self.once.held(tasks) if len(self.once) else ({}, set())
+        held = self.once.held(tasks) if len(self.once) else {}
         with _gc_paused():
             self.state = RunState(tasks, targets, {k: c.value for k, c in held.items()}, keep_all)
         # What each held value was computed from, to record what new held values are.
@@ -399,9 +405,10 @@ class _Run:
     def settle_orphans(self, calls: list[Call], outcomes: list[Outcome]) -> None:
         """Settle the cells of outcomes that arrive after the run's loop has gone."""
         for (key, *_), (ok, value) in zip(calls, outcomes):  # noqa: B905
-            cell = self.cells.pop(key, None)
+            cell = self.cells.get(key)
             if cell is not None:
                 self.once.settle(cell, ok, value)
+                self.cells.pop(key, None)
         self.release_or_run(calls[len(outcomes) :])
 
     def enqueue(self, keys: Iterable[Hashable]) -> None:
@@ -451,13 +458,22 @@ class _Run:
             chain = state.chain(key)
             if len(chain) > 1:
                 self.add_chain(calls, chain)
+        try:
+            if pool is None:  # inline
+                # Only Exceptions are task failures here: Ctrl-C in the caller's thread
+                # stops the run, as it would stop the same code called directly.
+                outcomes = run_calls(calls, None, Exception)
+            else:
+                pool.submit(calls, self.sinks[task.kind], self.stop.is_set)
+        except BaseException as exc:
+            # No message will ever carry these calls: settle their cells here.
+            for call in calls:
+                cell = self.cells.pop(call[0], None)
+                if cell is not None:
+                    self.once.settle(cell, False, exc)
+            raise
         self.inflight += 1
-        if pool is None:  # inline
-            # Only Exceptions are task failures here: Ctrl-C in the caller's thread stops
-            # the run, as it would stop the same code called directly.
-            return calls, run_calls(calls, None, Exception), None
-        pool.submit(calls, self.sinks[task.kind], self.stop.is_set)
-        return pool
+        return pool if pool is not None else (calls, outcomes, None)
 
     def add_chain(self, calls: list[Call], chain: list[Hashable]) -> None:
         """Append the chain's followers to ``calls``, keeping only the values needed."""
@@ -500,15 +516,16 @@ class _Run:
 
         hold = self.state.keep_all or task.key in self.state.targets  # what it hands out
         try:
-            reuse = task.key not in self.stale  # held, but computed from other inputs
-            cell, owner = self.once.claim(task, hold=hold, on_done=joined, reuse=reuse)
-        except DuplicateKeyError as exc:
+            cell, owner = self.once.claim(
+                task, hold, joined, tasks=self.tasks, lineage=self.lineage(task.key)
+            )
+        except Busy as busy:
+            # Another caller computes this key from another definition: wait for it to
+            # settle, then claim the key again and compute our own.
             self.inflight += 1
-            self.sink(call, [(False, exc)])
+            self.once.subscribe(busy.cell, lambda ok, value: self.post(call, [], _RETRY))
             return False
         if owner:
-            if hold:
-                cell.lineage = self.lineage(task.key)
             self.cells[task.key] = cell
             return True
         self.inflight += 1
@@ -540,6 +557,9 @@ class _Run:
         private = self.private
         ready: list[Hashable] = []
         for calls, outcomes, kind in batch:
+            if kind == _RETRY:
+                ready.append(calls[0][0])
+                continue
             if kind is not None:
                 busy[kind] -= 1
             if private and len(calls) == 1 and outcomes:  # the common case, kept lean
@@ -554,10 +574,13 @@ class _Run:
             for i, (ok, value) in enumerate(outcomes):
                 key = calls[i][0]
                 if cells:
-                    cell = cells.pop(key, None)
+                    cell = cells.get(key)
                     if cell is not None:
                         self.ran += 1
+                        # Settled before it leaves ``cells``: if Ctrl-C lands in between,
+                        # abort() settles it again, which does nothing.
                         self.once.settle(cell, ok, value)
+                        del cells[key]
                 if not ok:
                     self.fail(key, value)
                     break

@@ -22,7 +22,7 @@ JOIN = 10.0  # seconds: a bound on a call that must not block, not a synchronisa
 
 def held_values(once: OnceMap, tasks: dict[Any, Any]) -> dict[Any, Any]:
     """The values of the cells ``once.held`` reuses for ``tasks``."""
-    return {k: cell.value for k, cell in once.held(tasks)[0].items()}
+    return {k: cell.value for k, cell in once.held(tasks).items()}
 
 
 def _fn(*args: Any) -> Any:

@@ -40,7 +40,7 @@ def test_a_process_result_that_fails_to_unpickle_fails_the_task_instead_of_hangi
     with Runner(max_workers={"process": 1}) as runner:
         fut = runner.submit("k", _returns_a_value_the_parent_cannot_unpickle, kind="process")
         with pytest.raises(TaskFailed):
-            fut.result(timeout=WAIT)  # today: TimeoutError, the future never settles
+            fut.result(timeout=WAIT)
 
 
 @pytest.mark.timeout(30)
@@ -173,7 +173,7 @@ def test_a_held_target_is_not_reused_when_a_dependency_definition_changed() -> N
 
     with Runner() as runner:
         assert runner.run(build(1))["b"] == 2
-        assert runner.run(build(5))["b"] == 6  # today: 2, from a = _leaf(1)
+        assert runner.run(build(5))["b"] == 6
 
 
 def _fails() -> None:
