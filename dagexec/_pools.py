@@ -152,10 +152,11 @@ class _ThreadPool:
         self._closed = False
 
     def submit(self, calls: list[Call], sink: Sink, stop: Stop | None = None) -> None:
-        with self._lock:  # never queued behind shutdown()'s stop signals
-            if self._closed:
-                raise RuntimeError("this Runner is shut down; create a new one")
-            self._queue.put((calls, sink, stop))
+        if self._closed:
+            raise RuntimeError("this Runner is shut down; create a new one")
+        # A unit that races shutdown() into the queue behind its stop signals is failed
+        # by shutdown() itself once the workers are gone; no lock on this hot path.
+        self._queue.put((calls, sink, stop))
         if len(self._threads) < self._max:
             self._spawn()
 
@@ -221,6 +222,16 @@ class _ThreadPool:
             for thread in threads:
                 if thread is not me:  # shut down from one of its own tasks
                     thread.join()
+            self._fail_leftovers()
+            if me in threads:
+                self._queue.put(None)  # the drain took this worker's stop signal
+
+    def _fail_leftovers(self) -> None:
+        while not self._queue.empty():
+            item = self._queue.get()
+            if item is not None:
+                calls, sink, _ = item
+                sink(calls, [(False, RuntimeError("the Runner was shut down before it ran"))])
 
 
 # -- processes -------------------------------------------------------------------------
