@@ -2,12 +2,12 @@
 
 ::
 
-    Runner.run(graph) ──▶ _Run: RunState (pure)  ◀── one SimpleQueue of (calls, outcomes)
+    Runner.run(graph) ──▶ _Run: RunState (pure)  ◀── one SimpleQueue of messages
                               │ ready keys                         ▲
                               ▼                                    │ sink
                           OnceMap.claim ──owner──▶ Pools[kind].submit(calls, sink)
-                              │ not owner
-                              └──▶ OnceMap.subscribe ──▶ the same queue
+                              │ joined (same definition and inputs)
+                              └──▶ on_done callback ──▶ the same queue
 
 The thread that calls ``run`` owns its run's state and is the only one to touch it;
 pools and other callers only put messages on the run's queue. ``Runner.submit`` needs no
@@ -307,14 +307,23 @@ class _Run:
     time, so queued work stays ours (cheap to reorder or drop) and only a few work items
     exist at once.
 
+    A private run (``Graph.run``) has the Runner to itself and never touches the once-map;
+    a shared one (``Runner.run``) claims every key it starts, joins keys others compute
+    and records each key's lineage so that values are shared only between callers whose
+    inputs match.
+
     State fields:
         state      the RunState (pure)
-        queue      (calls, outcomes) messages from pools and subscriptions
+        queue      (calls, outcomes, kind) messages from pools and joined cells
         waiting    kind -> ready keys not handed to a pool yet
         busy       kind -> units handed to that pool and not reported yet
-        inflight   units submitted or subscribed to, not reported yet
+        inflight   units submitted or joined, not reported yet
         cells      key -> once-cell this run owns, settled when the outcome arrives
+        lineages   key -> what it is computed from (shared runs; built on demand)
         first      the first failure, when on_error="raise"
+        stop       set at that failure (or an abort): queued work and chains stop
+        orphaned   set by abort(): outcomes then settle their cells on arrival
+        batch      the messages being handled, for abort() to finish if interrupted
     """
 
     def __init__(
