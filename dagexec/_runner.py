@@ -500,7 +500,10 @@ class _Run:
         """Report outcomes from a pool (called on the pool's thread)."""
         if self.fail_fast and outcomes and not outcomes[-1][0]:
             self.stop.set()  # chains running elsewhere stop before their next task
-        self.post(calls, outcomes, kind)
+        if self.private:
+            self.queue.put((calls, outcomes, kind))
+        else:
+            self.post(calls, outcomes, kind)
 
     def sink(self, calls: list[Call], outcomes: list[Outcome]) -> None:
         """Report outcomes that no pool of this run produced (subscriptions, errors)."""
