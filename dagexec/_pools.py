@@ -324,12 +324,11 @@ def _worker_died(exc: BaseException) -> WorkerDied:
 
 
 class _Slot:
-    """One worker process (a single-worker loky executor) and what it is running."""
+    """One worker process: a single-worker loky executor, started on first use."""
 
-    __slots__ = ("executor", "index")
+    __slots__ = ("executor",)
 
-    def __init__(self, index: int) -> None:
-        self.index = index
+    def __init__(self) -> None:
         self.executor: ProcessPoolExecutor | None = None
 
 
@@ -347,7 +346,7 @@ class _ProcessPool:
     def __init__(self, max_workers: int) -> None:
         self.capacity = max_workers  # placement is decided when a worker is free
         self._lock = threading.Lock()
-        self._idle = [_Slot(i) for i in reversed(range(max_workers))]
+        self._idle = [_Slot() for _ in range(max_workers)]
         self._pending: deque[_Pending] = deque()
         self._executors: list[ProcessPoolExecutor] = []
         self._closed = False
