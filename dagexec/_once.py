@@ -133,13 +133,22 @@ class OnceMap:
                 return
             cell.done = True
             cell.ok = ok
-            # Kept on the cell for whoever still holds it, even when the map lets go.
             cell.value = value
-            if not (ok and cell.hold) and self._cells.get(cell.task.key) is cell:
+            kept = ok and cell.hold
+            if not kept and self._cells.get(cell.task.key) is cell:
                 del self._cells[cell.task.key]
             callbacks, cell.callbacks = cell.callbacks, []
+            if ok and not kept:
+                cell.value = None  # delivered below; a cell must not keep a value alive
         for callback in callbacks:
             callback(ok, value)
+
+    def claim_free(self, task: _Task, hold: bool, lineage: Lineage) -> Cell | None:
+        """Own a new cell for ``task.key`` only if the key has none; else return None."""
+        with self._lock:
+            if task.key in self._cells:
+                return None
+            return self._new(task, hold, lineage)
 
     def release(self, cell: Cell) -> bool:
         """Give up an unsettled cell nobody else waits on; False if someone does.

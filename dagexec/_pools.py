@@ -52,6 +52,8 @@ Outcome = tuple[bool, Any]
 Sink = Callable[[list[Call], list[Outcome]], None]
 #: Asked between the calls of a chain: True stops the chain (the run is stopping).
 Stop = Callable[[], bool]
+#: Told each call's outcome as soon as it exists: ``(index in the call list, ok, value)``.
+Each = Callable[[int, bool, Any], None]
 
 
 class Unpicklable(Exception):
@@ -86,12 +88,14 @@ def run_calls(
     calls: list[Call],
     stop: Stop | None = None,
     catch: type[BaseException] = BaseException,
+    each: Each | None = None,
 ) -> list[Outcome]:
     """Run a call list in this thread; stop at the first failure or once ``stop()``.
 
     A call list that was queued when its run stopped runs nothing (no outcomes). A worker
     catches everything a task raises, even SystemExit; ``catch`` narrows that for tasks run
-    in the caller's own thread.
+    in the caller's own thread. ``each`` hears of every outcome of a chain at once, not
+    when the chain ends.
     """
     if stop is not None and stop():
         return []
@@ -105,6 +109,8 @@ def run_calls(
     prev: dict[Hashable, Any] = {}
     for key, fn, args, kwargs, refs, keep in calls:
         if outcomes and stop is not None and stop():
+            # The rest may still be wanted by someone else: hand back what it needs.
+            outcomes[-1] = (True, prev[calls[len(outcomes) - 1][0]])
             break
         if refs:
             args, kwargs = resolve_args(args, kwargs, refs, prev)
@@ -112,7 +118,11 @@ def run_calls(
             value = fn(*args, **kwargs)
         except catch as exc:
             outcomes.append((False, exc))
+            if each is not None:
+                each(len(outcomes) - 1, False, exc)
             break
+        if each is not None:
+            each(len(outcomes), True, value)
         # Only the next call needs this value unless the caller keeps it: don't hold it
         # (and allocate nothing that would live until the chain ends).
         outcomes.append((True, value) if keep else _DROPPED)
@@ -151,12 +161,14 @@ class _ThreadPool:
         self._names = itertools.count()
         self._closed = False
 
-    def submit(self, calls: list[Call], sink: Sink, stop: Stop | None = None) -> None:
+    def submit(
+        self, calls: list[Call], sink: Sink, stop: Stop | None = None, each: Each | None = None
+    ) -> None:
         if self._closed:
             raise RuntimeError("this Runner is shut down; create a new one")
         # A unit that races shutdown() into the queue behind its stop signals is failed
         # by shutdown() itself once the workers are gone; no lock on this hot path.
-        self._queue.put((calls, sink, stop))
+        self._queue.put((calls, sink, stop, each))
         if len(self._threads) < self._max:
             self._spawn()
 
@@ -178,9 +190,9 @@ class _ThreadPool:
                 item = get()
                 if item is None:
                     return
-                calls, sink, stop = item
-                sink(calls, run_calls(calls, stop))
-                del item, calls, sink, stop  # hold no task values while waiting for work
+                calls, sink, stop, each = item
+                sink(calls, run_calls(calls, stop, BaseException, each))
+                del item, calls, sink, stop, each  # hold no task values while waiting
                 if len(self._threads) > self._max and self._retire():
                     return
         finally:
@@ -230,7 +242,7 @@ class _ThreadPool:
         while not self._queue.empty():
             item = self._queue.get()
             if item is not None:
-                calls, sink, _ = item
+                calls, sink, _, _ = item
                 sink(calls, [(False, RuntimeError("the Runner was shut down before it ran"))])
 
 
@@ -353,7 +365,10 @@ class _ProcessPool:
         self.bytes_sent = 0
         self.bytes_received = 0
 
-    def submit(self, calls: list[Call], sink: Sink, stop: Stop | None = None) -> None:
+    def submit(
+        self, calls: list[Call], sink: Sink, stop: Stop | None = None, each: Each | None = None
+    ) -> None:
+        # ``each`` is not needed: process tasks are never chained.
         if self._closed:
             raise RuntimeError("this Runner is shut down; create a new one")
         try:
@@ -456,7 +471,9 @@ class _ExecutorPool:
         workers = getattr(executor, "_max_workers", None)
         self.capacity = 2 * workers if isinstance(workers, int) and workers > 0 else 256
 
-    def submit(self, calls: list[Call], sink: Sink, stop: Stop | None = None) -> None:
+    def submit(
+        self, calls: list[Call], sink: Sink, stop: Stop | None = None, each: Each | None = None
+    ) -> None:
         if self._portable:
             try:
                 payload = encode_calls(calls)
@@ -467,7 +484,7 @@ class _ExecutorPool:
             if self._portable:
                 future: Future[Any] = self._executor.submit(_process_entry, payload)
             else:
-                future = self._executor.submit(run_calls, calls, stop)
+                future = self._executor.submit(run_calls, calls, stop, BaseException, each)
         except Exception as exc:  # the user's executor is shut down or broken
             sink(calls, [(False, _worker_died(exc) if isinstance(exc, BrokenExecutor) else exc)])
             return

@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from ._errors import DuplicateKeyError, TaskFailed, WorkerDied
-from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task
+from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task, resolve_args
 from ._once import Busy, Cell, Lineage, OnceMap
 from ._pools import Call, Outcome, Pool, Pools, Unpicklable, current_thread_pool, run_calls
 from ._results import Results, RunStats
@@ -168,7 +168,7 @@ class Runner:
                     raise
                 self._once.settle(cell, ok, value)
             else:
-                run_for(self._once, self._pools, cell, calls)
+                run_for(self._once, self._pools, [cell], calls)
         return future
 
     def run(
@@ -236,16 +236,25 @@ class Runner:
         self.shutdown(wait=True)
 
 
-def run_for(once: OnceMap, pools: Pools, cell: Cell, calls: list[Call]) -> None:
-    """Run a single call on its pool for whoever waits on ``cell``, and settle it."""
+def run_for(once: OnceMap, pools: Pools, cells: list[Cell], calls: list[Call]) -> None:
+    """Run ``calls`` (one task or a chain) for whoever waits on ``cells``; settle each."""
+
+    def each(i: int, ok: bool, value: Any) -> None:
+        once.settle(cells[i], ok, value)
 
     def settle(_calls: list[Call], outcomes: list[Outcome]) -> None:
-        once.settle(cell, *outcomes[0])
+        for cell, (ok, value) in zip(cells, outcomes):  # noqa: B905 (a failure ends it)
+            once.settle(cell, ok, value)  # again: does nothing if ``each`` did it
+        if len(outcomes) < len(cells):
+            failed = task_failed(calls[len(outcomes) - 1][0], outcomes[-1][1])
+            for cell in cells[len(outcomes) :]:
+                once.settle(cell, False, failed)
 
     try:
-        pools.get(cell.task.kind).submit(calls, settle)
+        pools.get(cells[0].task.kind).submit(calls, settle, None, each if len(calls) > 1 else None)
     except RuntimeError as exc:  # the Runner was shut down
-        once.settle(cell, False, exc)
+        for cell in cells:
+            once.settle(cell, False, exc)
 
 
 def _submitted_task(
@@ -418,7 +427,7 @@ class _Run:
             if cell is not None:
                 self.once.settle(cell, ok, value)
                 self.cells.pop(key, None)
-        self.release_or_run(calls[len(outcomes) :])
+        self.release_or_run(calls, outcomes)
 
     def enqueue(self, keys: Iterable[Hashable]) -> None:
         if self.first is not None:
@@ -461,10 +470,15 @@ class _Run:
             calls: list[Call] = [(key, task.fn, args, kwargs, (), True)]
         else:
             calls = [(key, task.fn, task.args, task.kwargs, (), True)]
-        if self.private and key in state._next_in_chain:
-            # Not in shared runs: a chain settles its once-cells only when it ends, and
-            # another caller waiting on a key in its middle must not wait that long.
+        each = None
+        if key in state._next_in_chain:
             chain = state.chain(key)
+            if len(chain) > 1 and not self.private:
+                chain = self.claim_followers(chain)
+                if len(chain) > 1:
+                    # Each key of the chain is settled the moment it is computed, so a
+                    # caller that joined one never waits for the rest of the chain.
+                    each = partial(self.settle_each, [self.cells[k] for k in chain])
             if len(chain) > 1:
                 self.add_chain(calls, chain)
         try:
@@ -473,7 +487,7 @@ class _Run:
                 # stops the run, as it would stop the same code called directly.
                 outcomes = run_calls(calls, None, Exception)
             else:
-                pool.submit(calls, self.sinks[task.kind], self.stop.is_set)
+                pool.submit(calls, self.sinks[task.kind], self.stop.is_set, each)
         except BaseException as exc:
             # No message will ever carry these calls: settle their cells here.
             for call in calls:
@@ -483,6 +497,22 @@ class _Run:
             raise
         self.inflight += 1
         return pool if pool is not None else (calls, outcomes, None)
+
+    def claim_followers(self, chain: list[Hashable]) -> list[Hashable]:
+        """Own the cells of a chain's followers; cut it before a key someone else has."""
+        state = self.state
+        for i, key in enumerate(chain[1:], 1):
+            hold = state.keep_all or key in state.targets
+            cell = self.once.claim_free(self.tasks[key], hold, self.lineage(key))
+            if cell is None:
+                state.fused.difference_update(chain[i:])
+                return chain[:i]
+            self.cells[key] = cell
+        return chain
+
+    def settle_each(self, cells: list[Cell], i: int, ok: bool, value: Any) -> None:
+        """Settle one key of a chain on the worker that just computed it."""
+        self.once.settle(cells[i], ok, value)
 
     def add_chain(self, calls: list[Call], chain: list[Hashable]) -> None:
         """Append the chain's followers to ``calls``, keeping only the values needed."""
@@ -602,21 +632,42 @@ class _Run:
             if self.private:
                 self.ran += len(outcomes)
             elif len(outcomes) <= last and cells:
-                self.release_or_run(calls[len(outcomes) :])
+                self.release_or_run(calls, outcomes)
         ready += state.ready()
         return ready
 
-    def release_or_run(self, calls: list[Call]) -> None:
-        """Handle calls skipped because the run stopped before they started.
+    def release_or_run(self, calls: list[Call], outcomes: list[Outcome]) -> None:
+        """Handle the calls of a unit that never ran because the run stopped first.
 
-        Their once-cells are released, so the keys are free again; a cell that another
-        caller has joined is run for that caller instead (failures are not memoised, and
-        a failure elsewhere in this run is no reason to fail it).
+        Their once-cells are released, so the keys are free again; a cell another caller
+        has joined is run for that caller instead (a failure elsewhere in this run is no
+        reason to fail it), together with the chain keys before it, which it needs.
+        Keys after a failure in the chain get that failure: they cannot run.
         """
-        for call in calls:
-            cell = self.cells.pop(call[0], None)
+        rest = calls[len(outcomes) :]
+        cells = [self.cells.pop(call[0], None) for call in rest]
+        cut = 0  # rest[:cut] is still wanted: released from the end, the first refusal
+        for j in range(len(rest) - 1, -1, -1):
+            cell = cells[j]
             if cell is not None and not self.once.release(cell):
-                run_for(self.once, self.pools, cell, [call])
+                cut = j + 1
+                break
+        if not cut:
+            return
+        wanted: list[Cell] = cells[:cut]  # type: ignore[assignment]  # a unit's keys are ours
+        if outcomes and not outcomes[-1][0]:
+            failed = task_failed(calls[len(outcomes) - 1][0], outcomes[-1][1])
+            for cell in wanted:
+                self.once.settle(cell, False, failed)
+            return
+        run = rest[:cut]
+        if outcomes:  # the first one takes the value of the last call that ran
+            key, fn, args, kwargs, refs, _ = run[0]
+            if refs:
+                prev = {calls[len(outcomes) - 1][0]: outcomes[-1][1]}
+                args, kwargs = resolve_args(args, kwargs, refs, prev)
+            run[0] = (key, fn, args, kwargs, (), True)
+        run_for(self.once, self.pools, wanted, run)
 
     def fail(self, key: Hashable, exc: BaseException) -> None:
         failed = task_failed(key, exc)

@@ -136,12 +136,15 @@ def test_subscribers_before_settle_are_called_once_with_the_outcome() -> None:
     assert cell.ok
 
 
-@pytest.mark.parametrize("hold", [True, False], ids=["held", "not-held"])
-@pytest.mark.parametrize("ok", [True, False], ids=["value", "failure"])
+@pytest.mark.parametrize(
+    ("ok", "hold"),
+    [(True, True), (False, True), (False, False)],
+    ids=["held", "failure", "failure-not-held"],
+)
 def test_subscribe_after_settle_calls_back_immediately_with_the_outcome(
     ok: bool, hold: bool
 ) -> None:
-    """A subscriber can always arrive after settle: claim and subscribe are two steps."""
+    """An owner may subscribe after settling; a failure or a held value is still there."""
     once = OnceMap()
     cell, _ = once.claim(task("k"), hold=hold)
     outcome: Any = object() if ok else ValueError("boom")
@@ -150,6 +153,20 @@ def test_subscribe_after_settle_calls_back_immediately_with_the_outcome(
     once.subscribe(cell, lambda ok, v: got.append((ok, v, threading.current_thread())))
     # Called before subscribe returned, on the subscribing thread, with the outcome.
     assert got == [(ok, outcome, threading.current_thread())]
+
+
+def test_a_settled_cell_nobody_holds_does_not_keep_its_value_alive() -> None:
+    """Its subscribers got the value; the cell itself (still referenced by its owner until
+    the owner's loop catches up) must not hold it past the release rule."""
+    once = OnceMap()
+    cell, _ = once.claim(task("k"), hold=False)
+    got: list[Any] = []
+    once.subscribe(cell, lambda ok, v: got.append(v))
+    value = object()
+    once.settle(cell, True, value)
+    assert got == [value]
+    assert cell.value is None
+    assert len(once) == 0
 
 
 def test_settle_calls_subscribers_outside_the_lock() -> None:

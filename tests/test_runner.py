@@ -718,3 +718,57 @@ def test_a_runner_never_shuts_down_an_executor_it_was_given() -> None:
             g.add("k", lambda: threading.current_thread().name)
             assert runner.run(g)["k"].startswith("users-pool")
         assert executor.submit(one).result(timeout=WAIT) == 1
+
+
+# -- chains in shared runs -------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_chain_in_a_shared_run_settles_each_key_as_soon_as_it_is_computed() -> None:
+    """Another run waiting on a key in the middle of a chain gets it at once, even while
+    a later task of the chain waits for that other run (no deadlock)."""
+    started = threading.Event()
+    joined = threading.Event()
+    go = threading.Event()
+    got_b = threading.Event()
+    calls = Counter()
+
+    def a(_: Rendezvous) -> int:
+        calls()
+        started.set()
+        assert go.wait(WAIT)
+        return 1
+
+    def b(x: int) -> int:
+        return x + 1
+
+    def c(x: int) -> int:
+        assert got_b.wait(WAIT), "the other run never got b while the chain was running"
+        return x + 1
+
+    def d(x: int) -> int:
+        got_b.set()
+        return x * 10
+
+    def build(last: Callable[[int], int], kind: str) -> Graph:
+        g = Graph()
+        g.add(last.__name__, last, g.add("b", b, g.add("a", a, Rendezvous(joined))), kind=kind)
+        return g
+
+    with Runner(max_workers={"thread": 4}) as runner:
+        results: dict[str, Any] = {}
+        first = threading.Thread(target=lambda: results.update(runner.run(build(c, "thread"))))
+        first.start()
+        try:
+            assert started.wait(WAIT)
+            second = threading.Thread(target=lambda: results.update(runner.run(build(d, "inline"))))
+            second.start()
+            assert joined.wait(WAIT)  # the second run compared definitions: it joins "a"
+            go.set()
+            second.join(WAIT)
+        finally:
+            go.set()
+            got_b.set()
+            first.join(WAIT)
+    assert results == {"c": 3, "d": 20}
+    assert calls.n == 1
