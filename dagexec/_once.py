@@ -2,14 +2,17 @@
 
 A cell per key, in a dict guarded by one lock that is held only for dict and field
 operations. ``claim`` returns the live cell for a key and whether the caller now owns it;
-the owner runs the task and ``settle``s the cell; everyone else ``subscribe``s and is
-called back (never while the lock is held) with the outcome.
+a caller that does not own it is subscribed in the same step. The owner runs the task
+and ``settle``s the cell; subscribers are called back (never while the lock is held)
+with the outcome. A cell is joined only by callers that compute the same thing: the
+same definition, and inputs defined the same way all the way up (its ``lineage``).
 
 A cell stays in the map while its task is in flight, and afterwards only if someone asked
 to hold its value (a run's target, a submitted future). Failures are not memoised: a
 failed cell leaves the map, so a later run or submit tries the task again. A settled cell
-keeps its outcome for whoever still holds the cell (a subscriber that claimed it just
-before it settled), so no caller ever sees a settled cell without its value.
+that nobody holds drops its value once its subscribers have it (its owner may still
+reference the cell, and must not keep the value alive); ``release`` gives up a cell that
+never ran and that nobody joined.
 """
 
 from __future__ import annotations
