@@ -139,6 +139,19 @@ def _by_key(args: Any) -> Any:
     return resolve(args, _KeyOf())  # type: ignore[arg-type]
 
 
+def unhashable(key: object) -> TypeError:
+    """Return the error for a task key that cannot be a dict key."""
+    return TypeError(f"task key {key!r} is not hashable; use a str, int or tuple")
+
+
+def check_task(key: Hashable, fn: object, kind: str) -> None:
+    """Raise TypeError naming ``key`` for a non-callable ``fn`` or an unknown ``kind``."""
+    if not callable(fn):
+        raise TypeError(f"task {key!r}: {fn!r} is not callable; pass a function as fn")
+    if kind not in KINDS:
+        raise TypeError(f"task {key!r}: unknown kind {kind!r}; choose one of {sorted(KINDS)}")
+
+
 def _name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
@@ -298,13 +311,11 @@ class Graph:
         try:
             existing = tasks.get(key)
         except TypeError:
-            raise TypeError(f"task key {key!r} is not hashable; use a str, int or tuple") from None
-        if not callable(fn):
-            raise TypeError(f"task {key!r}: {fn!r} is not callable; pass a function as fn")
+            raise unhashable(key) from None
         if kind is None:
             kind = self.default_kind
-        elif kind not in KINDS:
-            raise TypeError(f"task {key!r}: unknown kind {kind!r}; choose one of {sorted(KINDS)}")
+        if not callable(fn) or kind not in KINDS:
+            check_task(key, fn, kind)
         deps: tuple[Hashable, ...] = ()
         refs: tuple[int, ...] | int = ()
         if args:
@@ -384,7 +395,7 @@ class Graph:
         try:
             hash(key)
         except TypeError:
-            raise TypeError(f"task key {key!r} is not hashable; use a str, int or tuple") from None
+            raise unhashable(key) from None
         return Ref(key, self._gid)
 
     def __len__(self) -> int:

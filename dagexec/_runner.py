@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from ._errors import DuplicateKeyError, TaskFailed, WorkerDied
-from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task, resolve_args
+from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task, check_task, resolve_args, unhashable
 from ._once import Busy, Cell, Lineage, OnceMap
 from ._pools import Call, Outcome, Pool, Pools, Unpicklable, current_thread_pool, run_calls
 from ._results import Results, RunStats
@@ -263,11 +263,8 @@ def _submitted_task(
     try:
         hash(key)
     except TypeError:
-        raise TypeError(f"task key {key!r} is not hashable; use a str, int or tuple") from None
-    if not callable(fn):
-        raise TypeError(f"task {key!r}: {fn!r} is not callable; pass a function as fn")
-    if kind not in KINDS:
-        raise TypeError(f"task {key!r}: unknown kind {kind!r}; choose one of {sorted(KINDS)}")
+        raise unhashable(key) from None
+    check_task(key, fn, kind)
     if any(type(a) is Ref for a in (*args, *kwargs.values())):
         raise TypeError(f"task {key!r}: Runner.submit takes values, not Refs; use a Graph")
     return _Task(key, fn, args, kwargs or _NO_KWARGS, kind, (), (), ())
@@ -530,7 +527,7 @@ class _Run:
         """Report outcomes from a pool (called on the pool's thread)."""
         if self.fail_fast and outcomes and not outcomes[-1][0]:
             self.stop.set()  # chains running elsewhere stop before their next task
-        if self.private:
+        if self.private:  # nobody else waits on a private run's keys: no orphans
             self.queue.put((calls, outcomes, kind))
         else:
             self.post(calls, outcomes, kind)
@@ -540,9 +537,7 @@ class _Run:
         self.post(calls, outcomes, None)
 
     def post(self, calls: list[Call], outcomes: list[Outcome], kind: str | None) -> None:
-        if self.private:
-            self.queue.put((calls, outcomes, kind))
-            return
+        """Queue a shared run's message, or settle its cells if the loop has gone."""
         with self.orphan_lock:  # an aborted run's loop no longer reads the queue
             if not self.orphaned:
                 self.queue.put((calls, outcomes, kind))

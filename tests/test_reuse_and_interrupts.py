@@ -24,6 +24,24 @@ def _plus_one(value: int) -> int:
     return value + 1
 
 
+class _SlowB:
+    """Builds ``a -> b`` where ``b`` says it started, then holds until ``go`` is set."""
+
+    def __init__(self) -> None:
+        self.b_started = threading.Event()
+        self.go = threading.Event()
+
+    def slow_plus_one(self, value: int) -> int:
+        self.b_started.set()
+        assert self.go.wait(WAIT)
+        return value + 1
+
+    def build(self, a: int) -> Graph:
+        g = Graph()
+        g.add("b", self.slow_plus_one, g.add("a", _leaf, a))
+        return g
+
+
 class _FirstCallRaises:
     """Raise ``exc`` on the first call, then return ``"ok"``."""
 
@@ -53,7 +71,6 @@ def test_an_inline_task_interrupted_in_a_shared_run_does_not_leave_its_key_stuck
     with Runner() as runner:
         with pytest.raises(exc):
             runner.run(g)
-        # Today: joins the cell the aborted run claimed and never settled; waits forever.
         assert runner.submit("k", flaky, kind="inline").result(timeout=WAIT) == "ok"
 
 
@@ -98,7 +115,7 @@ def test_held_values_sharing_an_input_are_each_checked_against_their_own_lineage
         assert runner.run(build(1, ("p",)))["p"] == 3  # p held: x <- y = 1
         assert runner.run(build(5, ("q",)))["q"] == 7  # q held: x <- y = 5
         results = runner.run(build(1, ("p", "q")))
-        # Today: q is 7. p's lineage marks x as unchanged, so q's x <- y = 5 is never looked at.
+        # p's lineage has x unchanged; q's x <- y = 5 must still be looked at.
         assert (results["p"], results["q"]) == (3, 3)
 
 
@@ -106,18 +123,8 @@ def test_held_values_sharing_an_input_are_each_checked_against_their_own_lineage
 def test_a_value_held_by_a_run_that_joined_it_records_what_it_was_computed_from() -> None:
     """A key one run computes as an intermediate and another joins as a target is not
     reused later when its inputs are defined differently."""
-    b_started = threading.Event()
-    go = threading.Event()
-
-    def slow_plus_one(value: int) -> int:
-        b_started.set()
-        assert go.wait(WAIT)
-        return value + 1
-
-    def build(a: int) -> Graph:
-        g = Graph()
-        g.add("b", slow_plus_one, g.add("a", _leaf, a))
-        return g
+    slow = _SlowB()
+    b_started, go, build = slow.b_started, slow.go, slow.build
 
     owner_graph = build(1)
     owner_graph.add("c", _leaf, owner_graph.ref("b"))  # b is an intermediate: not held
@@ -146,27 +153,16 @@ def test_a_value_held_by_a_run_that_joined_it_records_what_it_was_computed_from(
             owner.join(WAIT)
         assert outcome["owner"]["c"] == 2
         assert outcome["joiner"]["b"] == 2
-        # Today: 2. The joiner made b held, but lineage is recorded only by an owner that
-        # holds, so b looks computed from nothing and its changed input goes unnoticed.
+        # The joiner made b held: b still records what it was computed from, so a
+        # changed input is noticed.
         assert runner.run(build(5), targets=["b"])["b"] == 6
 
 
 @pytest.mark.timeout(30)
 def test_a_run_does_not_join_a_key_in_flight_that_is_computed_from_other_inputs() -> None:
     """Joining an execution in flight checks its inputs as reuse of a held value does."""
-    b_started = threading.Event()
-    go = threading.Event()
-
-    def slow_plus_one(value: int) -> int:
-        b_started.set()
-        assert go.wait(WAIT)
-        return value + 1
-
-    def build(a: int) -> Graph:
-        g = Graph()
-        a_ref = g.add("a", _leaf, a)
-        g.add("b", slow_plus_one, a_ref)
-        return g
+    slow = _SlowB()
+    b_started, go, build = slow.b_started, slow.go, slow.build
 
     other = build(5)
     tick = other.add("tick", _leaf, other.ref("a"))  # ready with b once a is done
