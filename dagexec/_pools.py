@@ -31,6 +31,7 @@ from concurrent.futures import BrokenExecutor, Executor, Future
 from contextlib import contextmanager
 from functools import partial
 from queue import SimpleQueue
+from time import perf_counter
 from typing import Any
 
 import cloudpickle
@@ -133,6 +134,9 @@ def run_calls(
 
 # -- threads ---------------------------------------------------------------------------
 
+_SHORT = 0.0005  # seconds: units shorter than this on average get a deep queue
+_LONG = 1.0
+
 _local = threading.local()
 
 
@@ -151,15 +155,24 @@ class _ThreadPool:
     """
 
     def __init__(self, max_workers: int) -> None:
-        # Units a run keeps queued here: enough that workers never wait for the loop,
-        # few enough that the run, not the pool, holds the backlog.
-        self.capacity = max(128, 4 * max_workers)
+        self._mean = _LONG  # seconds a unit takes, smoothed; unknown counts as long
         self._queue: SimpleQueue[Any] = SimpleQueue()
         self._lock = threading.Lock()
         self._max = max_workers
         self._threads: set[threading.Thread] = set()
         self._names = itertools.count()
         self._closed = False
+
+    @property
+    def capacity(self) -> int:
+        """Units a run should keep queued here.
+
+        Short units need a deep queue, or workers wait for the run's loop to wake up
+        (tens of microseconds each time); long units need none, and a shallow queue
+        leaves the order of work to the run, which runs the consumers of values it
+        holds first and so releases them early.
+        """
+        return max(128, 4 * self._max) if self._mean < _SHORT else self._max
 
     def submit(
         self, calls: list[Call], sink: Sink, stop: Stop | None = None, each: Each | None = None
@@ -191,8 +204,12 @@ class _ThreadPool:
                 if item is None:
                     return
                 calls, sink, stop, each = item
-                sink(calls, run_calls(calls, stop, BaseException, each))
-                del item, calls, sink, stop, each  # hold no task values while waiting
+                started = perf_counter()
+                outcomes = run_calls(calls, stop, BaseException, each)
+                # Unlocked and racy on purpose: a smoothed hint, not bookkeeping.
+                self._mean += (perf_counter() - started - self._mean) * 0.2
+                sink(calls, outcomes)
+                del item, outcomes, calls, sink, stop, each  # hold no task values while waiting
                 if len(self._threads) > self._max and self._retire():
                     return
         finally:

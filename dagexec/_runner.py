@@ -20,7 +20,7 @@ import gc
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError
 from contextlib import contextmanager
 from functools import partial
@@ -381,7 +381,7 @@ class _Run:
     def loop(self) -> None:
         queue = self.queue
         get, empty = queue.get, queue.empty
-        self.enqueue(self.state.ready())
+        self.enqueue(self.state.ready(), first=False)
         while True:
             self.pump()
             if not self.inflight:
@@ -426,13 +426,24 @@ class _Run:
                 self.cells.pop(key, None)
         self.release_or_run(calls, outcomes)
 
-    def enqueue(self, keys: Iterable[Hashable]) -> None:
+    def enqueue(self, keys: Sequence[Hashable], first: bool = True) -> None:
+        """Queue ready keys; ``first`` puts them before the keys already waiting.
+
+        Keys made ready by an outcome go first (depth-first): they consume values just
+        computed, so those are released soon, and a wide graph of big intermediates
+        holds few of them at a time. Pools run what they are handed in order, and keep
+        a shallow queue when units are long (see ``_ThreadPool.capacity``).
+        """
         if self.first is not None:
             return  # stopping: nothing new starts
         tasks = self.tasks
         waiting = self.waiting
-        for key in keys:
-            waiting[tasks[key].kind].append(key)
+        if first:
+            for key in reversed(keys):
+                waiting[tasks[key].kind].appendleft(key)
+        else:
+            for key in keys:
+                waiting[tasks[key].kind].append(key)
 
     def pump(self) -> None:
         """Hand waiting keys to their pools up to capacity; run inline ones right here."""
@@ -450,11 +461,12 @@ class _Run:
                         self.enqueue(ready)
                 continue
             pool = self.pools.get(kind)
-            free = pool.capacity - self.busy[kind]
+            capacity = pool.capacity  # it may change while we hand out work
+            free = capacity - self.busy[kind]
             while keys and free > 0 and self.first is None:
                 if self.start(keys.popleft(), pool) is not None:
                     free -= 1
-            self.busy[kind] = pool.capacity - free
+            self.busy[kind] = capacity - free
 
     def start(self, key: Hashable, pool: Pool | None) -> Any:
         """Claim ``key``, chain its followers and start them; return what was started."""
