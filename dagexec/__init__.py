@@ -22,6 +22,7 @@ from ._errors import (
 from ._graph import Graph, Ref
 from ._results import Results, RunStats
 from ._runner import Runner
+from ._shared import imap_shared, map_shared
 
 __version__ = "0.1.0.dev0"
 
@@ -39,4 +40,6 @@ __all__ = [
     "TaskFailed",
     "WorkerDied",
     "__version__",
+    "imap_shared",
+    "map_shared",
 ]

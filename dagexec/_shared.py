@@ -1,0 +1,504 @@
+"""map_shared and imap_shared: ``fn(item, shared(key(item)))`` for every item.
+
+Each shared value is computed once per distinct key, every item that needs it starts as
+soon as it exists (no stage barrier), and it is dropped once its last item is done.
+
+::
+
+    items ──admit (window)──▶ shared value known? ──yes──▶ ready ──▶ item pool ───────┐
+                                     │ no                                             │
+                                     ▼                                                │
+                             wanted keys ──▶ once-map claim ──▶ shared pool ──────────┤
+                                                                                      ▼
+    (index, result) ◀─── the loop (owns every field below) ◀─── one SimpleQueue ◀────┘
+
+The loop is a generator run by the caller's thread; pools and once-cells only put
+messages on its queue. Items whose shared value exists are handed out before new shared
+calls start (depth-first), so memory follows the keys in use, not the number of keys.
+
+State fields:
+    values    key -> its shared value, while an admitted item (or the next one) needs it
+    failed    key -> the exception its shared call raised, kept under the same rule
+    waiting   key -> items (index, item) admitted while its shared value is computed
+    need      key -> items admitted and not finished
+    ready     items (index, item, key) whose shared value exists, not handed out yet
+    wanted    keys whose shared call waits for room in its pool
+    owned     keys whose shared call this map runs (it takes room in the pool)
+    busy      kind -> units handed to that pool and not reported yet
+    inflight  units whose message has not arrived (items, shared calls, retries)
+    next_key  the key of the item read ahead from the iterator, not admitted yet
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from concurrent.futures import Executor
+from contextlib import nullcontext
+from functools import partial
+from queue import Empty, SimpleQueue
+from typing import Any, TypeVar
+
+import cloudpickle
+
+from ._errors import TaskFailed
+from ._graph import _NO_KWARGS, KINDS, _Task
+from ._once import Busy, OnceMap
+from ._pools import Call, Outcome, Pool, Pools, current_thread_pool, run_calls
+from ._results import Results, RunStats
+from ._runner import Runner, run_for, task_failed
+
+__all__ = ["imap_shared", "map_shared"]
+
+R = TypeVar("R")
+
+_POLL = 0.1  # seconds the loop blocks at most, so Ctrl-C is handled promptly
+_ITEM, _SHARED, _RETRY = 0, 1, 2
+_NOTHING = object()  # no item read ahead
+
+#: (index, item, key, the item's failure before it could start or None)
+_Entry = tuple[int, Any, Hashable, "TaskFailed | None"]
+#: (index, ok, result or TaskFailed)
+_Done = tuple[int, bool, Any]
+
+
+def map_shared(
+    fn: Callable[[Any, Any], R],
+    items: Iterable[Any],
+    *,
+    shared: Callable[[Any], Any],
+    key: Callable[[Any], Hashable] | None = None,
+    kind: str = "thread",
+    shared_kind: str | None = None,
+    max_workers: int | Mapping[str, int] | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    return_exceptions: bool = False,
+    runner: Runner | None = None,
+) -> list[R]:
+    """Return ``[fn(item, shared(key(item))) for item in items]``, computed in parallel.
+
+    ``shared(k)`` runs exactly once per distinct key ``k``; each item starts as soon as
+    its own shared value exists, and a shared value is dropped as soon as the last item
+    that needs it has finished. This replaces "compute every shared value, then map the
+    items over them" without its barrier or its memory.
+
+    Args:
+        fn: called as ``fn(item, shared_value)``.
+        items: the items; every ``key(item)`` is computed before any work starts.
+        shared: called as ``shared(k)`` once per distinct key.
+        key: which shared value an item needs; default: the item itself.
+        kind: where ``fn`` runs: ``"thread"``, ``"process"`` or ``"inline"``.
+        shared_kind: where ``shared`` runs; default: the same as ``kind``.
+        max_workers: pool sizes, as for ``Runner`` (not with ``runner``).
+        executors: ``concurrent.futures`` executors per kind, as for ``Runner``.
+        return_exceptions: put each failure's ``TaskFailed`` in the result list and run
+            every other item, instead of raising the first failure.
+        runner: run on this Runner: shared values it holds are reused, keys other
+            callers are computing are joined, and the shared values computed here are
+            held by it for later calls (``runner.clear()`` drops them).
+
+    Returns:
+        The results in input order.
+
+    Raises:
+        TaskFailed: the first failure (unless ``return_exceptions``), after the items
+            already running have finished; its ``key`` is ``(index, key)``, and its
+            ``results`` maps the index of every item that completed to its result. A
+            failing ``shared(k)`` fails every item of ``k``; a failing ``key(item)``
+            fails its item before any work starts.
+    """
+    spec = _Spec(fn, shared, key, kind, shared_kind, return_exceptions)
+    _check_runner(runner, max_workers, executors)
+    entries = [spec.entry(i, item) for i, item in enumerate(items)]
+    if not return_exceptions:
+        for entry in entries:
+            if entry[3] is not None:
+                raise entry[3]  # before any work starts
+    started = time.perf_counter()
+    loop, own = _start(spec, runner, max_workers, executors)
+    out: list[Any] = [None] * len(entries)
+    done: dict[Hashable, Any] = {}
+    errors: dict[Hashable, TaskFailed] = {}
+    try:
+        for i, ok, value in _stream(loop, iter(entries), len(entries) or 1, own):
+            out[i] = value
+            if ok:
+                done[i] = value
+            else:
+                errors[i] = value
+    except TaskFailed as first:
+        # Nothing computed is lost: the failure carries every result that completed.
+        skipped = {i: first for i in range(len(out)) if i not in done and i not in errors}
+        stats = RunStats(
+            wall_time=time.perf_counter() - started,
+            tasks_run=loop.ran,
+            tasks_reused=loop.reused,
+            tasks_failed=len(errors),
+            tasks_skipped=len(skipped),
+        )
+        first.results = Results(done, errors, skipped, stats)  # type: ignore[arg-type]
+        raise
+    return out
+
+
+def imap_shared(
+    fn: Callable[[Any, Any], R],
+    items: Iterable[Any],
+    *,
+    shared: Callable[[Any], Any],
+    key: Callable[[Any], Hashable] | None = None,
+    kind: str = "thread",
+    shared_kind: str | None = None,
+    window: int | None = None,
+    max_workers: int | Mapping[str, int] | None = None,
+    executors: Mapping[str, Executor] | None = None,
+    return_exceptions: bool = False,
+    runner: Runner | None = None,
+) -> Iterator[tuple[int, R]]:
+    """Yield ``(index, fn(item, shared(key(item))))`` for every item, as items complete.
+
+    Like ``map_shared``, for any iterable, also an endless one: at most ``window`` items
+    are in flight (read and not yielded), so memory stays bounded. A shared value is
+    kept while an item in flight, or the next item read, needs it; a key that comes
+    back after its value was dropped is computed again, so group items by key (as
+    ``itertools.product`` does) or pass a ``runner``, which holds every shared value.
+
+    Args:
+        window: items in flight at most; default 64, or 8 per CPU if that is more.
+        fn, items, shared, key, kind, shared_kind, max_workers, executors,
+            return_exceptions, runner: as for ``map_shared``; with
+            ``return_exceptions`` a failure is yielded as its ``TaskFailed``.
+
+    Raises:
+        TaskFailed: the first failure (unless ``return_exceptions``), once the items
+            already running have finished and been yielded.
+    """
+    spec = _Spec(fn, shared, key, kind, shared_kind, return_exceptions)
+    if window is None:
+        window = max(64, 8 * (os.cpu_count() or 1))
+    elif not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ValueError(f"window must be an int >= 1, not {window!r}")
+    _check_runner(runner, max_workers, executors)
+    entries = (spec.entry(i, item) for i, item in enumerate(items))  # TypeError now
+    loop, own = _start(spec, runner, max_workers, executors)
+    stream = _stream(loop, entries, window, own)
+    if spec.fail_fast:  # failures raise, the first one at the end
+        return ((i, value) for i, ok, value in stream if ok)
+    return ((i, value) for i, _, value in stream)
+
+
+class _Spec:
+    """What to call and where: validated before any work starts."""
+
+    def __init__(
+        self,
+        fn: Callable[[Any, Any], Any],
+        shared: Callable[[Any], Any],
+        key: Callable[[Any], Hashable] | None,
+        kind: str,
+        shared_kind: str | None,
+        return_exceptions: bool,
+    ) -> None:
+        shared_kind = kind if shared_kind is None else shared_kind
+        for name, f in (("fn", fn), ("shared", shared), ("key", key)):
+            if not (callable(f) or (name == "key" and f is None)):
+                raise TypeError(f"map_shared: {name}={f!r} is not callable; pass a function")
+        for name, k in (("kind", kind), ("shared_kind", shared_kind)):
+            if k not in KINDS:
+                raise TypeError(f"map_shared: unknown {name} {k!r}; choose one of {sorted(KINDS)}")
+        for name, f, k in (("fn", fn, kind), ("shared", shared, shared_kind)):
+            if k == "process":
+                _check_picklable(name, f)
+        self.fn = fn
+        self.shared = shared
+        self.key = key
+        self.kind = kind
+        self.shared_kind = shared_kind
+        self.fail_fast = not return_exceptions
+
+    def entry(self, i: int, item: Any) -> _Entry:
+        """Return the item with its key, or with the failure of computing that key."""
+        if self.key is None:
+            k = item
+        else:
+            try:
+                k = self.key(item)
+            except Exception as exc:
+                failed = TaskFailed(
+                    (i, None), f"could not run: key(item) raised {type(exc).__name__}"
+                )
+                failed.__cause__ = exc
+                return i, item, None, failed
+        try:
+            hash(k)
+        except TypeError as exc:
+            what = "key(item)" if self.key is not None else "the item (the default key)"
+            failed = TaskFailed(
+                (i, None),
+                f"could not run: {what} is {type(k).__name__}, which is not hashable; "
+                "pass key= returning a str, an int or a tuple",
+            )
+            failed.__cause__ = exc
+            return i, item, None, failed
+        return i, item, k, None
+
+
+def _check_picklable(name: str, f: Callable[..., Any]) -> None:
+    try:
+        cloudpickle.dumps(f)
+    except Exception as exc:
+        raise TypeError(
+            f"map_shared: {name}={f!r} cannot be pickled for a process worker "
+            f"({type(exc).__name__}: {exc}); use kind='thread' or a picklable function"
+        ) from exc
+
+
+def _check_runner(runner: Runner | None, max_workers: object, executors: object) -> None:
+    if runner is None:
+        return
+    if not isinstance(runner, Runner):
+        raise TypeError(f"map_shared: runner must be a dagexec.Runner, not {type(runner).__name__}")
+    if max_workers is not None or executors is not None:
+        raise TypeError(
+            "map_shared: pass max_workers and executors to the Runner, not with runner="
+        )
+    runner._check_open()
+
+
+def _start(
+    spec: _Spec,
+    runner: Runner | None,
+    max_workers: int | Mapping[str, int] | None,
+    executors: Mapping[str, Executor] | None,
+) -> tuple[_Loop, Runner | None]:
+    """Return a loop on ``runner``, or on a Runner of its own (returned, to shut down).
+
+    The given Runner holds the shared values computed for later calls; our own does
+    not, so each is dropped after its last item. No pool starts before the first item.
+    """
+    if runner is not None:
+        return _Loop(spec, runner._once, runner._pools, hold=True), None
+    own = Runner(max_workers, executors)
+    return _Loop(spec, own._once, own._pools, hold=False), own
+
+
+def _stream(
+    loop: _Loop, entries: Iterator[_Entry], window: int, own: Runner | None
+) -> Iterator[_Done]:
+    """Run ``loop``, shut down ``own`` at the end, then raise the first failure."""
+    worker_of = current_thread_pool()
+    try:
+        # A map waiting on a dagexec worker thread lends its pool a thread.
+        with worker_of.blocking() if worker_of is not None else nullcontext():
+            yield from loop.run(entries, window)
+    finally:
+        loop.stop.set()  # queued work is skipped, whatever ended the loop
+        if own is not None:
+            own.shutdown(wait=True)
+    if loop.first is not None:
+        raise loop.first
+
+
+class _Loop:
+    """The scheduler loop of one map; see the module docstring for its fields."""
+
+    def __init__(self, spec: _Spec, once: OnceMap, pools: Pools, hold: bool) -> None:
+        self.spec = spec
+        self.once = once
+        self.pools = pools
+        self.hold = hold
+        self.queue: SimpleQueue[tuple[int, Any, Any, Any]] = SimpleQueue()
+        self.stop = threading.Event()
+        self.values: dict[Hashable, Any] = {}
+        self.failed: dict[Hashable, BaseException] = {}
+        self.waiting: dict[Hashable, list[tuple[int, Any]]] = {}
+        self.need: dict[Hashable, int] = {}
+        self.ready: deque[tuple[int, Any, Hashable]] = deque()
+        self.wanted: deque[Hashable] = deque()
+        self.owned: set[Hashable] = set()
+        self.busy = {"thread": 0, "process": 0}
+        self.inflight = 0
+        self.open = 0  # items admitted and not finished
+        self.next_key: object = _NOTHING
+        self.first: TaskFailed | None = None
+        self.ran = 0  # calls of fn and shared made for this map
+        self.reused = 0  # shared values held by the Runner or computed by another caller
+        self.sinks = {kind: partial(self.item_sink, kind) for kind in ("thread", "process")}
+
+    def run(self, entries: Iterator[_Entry], window: int) -> Iterator[_Done]:
+        get, empty = self.queue.get, self.queue.empty
+        ahead = next(entries, None)
+        while True:
+            while ahead is not None and self.open < window and self.first is None:
+                entry, ahead = ahead, next(entries, None)
+                self.next_key = _NOTHING if ahead is None else ahead[2]
+                yield from self.admit(entry)
+            self.pump()
+            if not self.inflight:
+                if ahead is None or self.first is not None:
+                    return
+                continue
+            try:
+                batch = [get(timeout=_POLL)]
+            except Empty:
+                continue
+            while not empty():
+                batch.append(get())
+            for message in batch:
+                yield from self.handle(*message)
+            del batch, message  # hold no values the release rule has dropped
+
+    def admit(self, entry: _Entry) -> Iterator[_Done]:
+        i, item, k, failure = entry
+        if failure is not None:
+            yield self.fail(i, failure)
+            return
+        self.open += 1
+        self.need[k] = self.need.get(k, 0) + 1
+        if k in self.values:
+            self.ready.append((i, item, k))
+        elif k in self.failed:
+            yield self.item_done(i, k, self.shared_failure(i, k, self.failed[k]))
+        elif k in self.waiting:
+            self.waiting[k].append((i, item))
+        else:
+            self.waiting[k] = [(i, item)]
+            self.wanted.append(k)
+
+    def pump(self) -> None:
+        """Hand out ready items first, then start shared calls while their pool has room."""
+        if self.first is not None:
+            return
+        spec = self.spec
+        ready = self.ready
+        while ready and self.has_room(spec.kind):
+            self.start_item(*ready.popleft())
+        while self.wanted and self.has_room(spec.shared_kind):
+            self.start_shared(self.wanted.popleft())
+
+    def has_room(self, kind: str) -> bool:
+        return kind == "inline" or self.busy[kind] < self.pools.get(kind).capacity
+
+    def start_item(self, i: int, item: Any, k: Hashable) -> None:
+        kind = self.spec.kind
+        calls: list[Call] = [((i, k), self.spec.fn, (item, self.values[k]), _NO_KWARGS, (), True)]
+        self.inflight += 1
+        if kind == "inline":
+            # Only Exceptions are failures here: Ctrl-C in the caller's thread is theirs.
+            self.item_sink(None, calls, run_calls(calls, None, Exception))
+            return
+        pool: Pool = self.pools.get(kind)
+        self.busy[kind] += 1
+        pool.submit(calls, self.sinks[kind], self.stop.is_set)
+
+    def item_sink(self, kind: str | None, calls: list[Call], outcomes: list[Outcome]) -> None:
+        self.queue.put((_ITEM, calls[0][0], outcomes, kind))
+
+    def start_shared(self, k: Hashable) -> None:
+        """Claim ``k``'s once-cell: reuse its value, join its computation, or run it."""
+        kind = self.spec.shared_kind
+        task = _Task(k, self.spec.shared, (k,), _NO_KWARGS, kind, (), (), ())
+        done = partial(self.shared_done, k)
+        self.inflight += 1
+        try:
+            cell, owner = self.once.claim(task, self.hold, done)
+        except Busy as busy:  # another caller computes ``k`` from another function
+            self.once.subscribe(
+                busy.cell, lambda ok, value: self.queue.put((_RETRY, k, None, None))
+            )
+            return
+        if not owner:
+            self.reused += 1
+            return  # held or in flight elsewhere: ``done`` hears of it
+        self.once.subscribe(cell, done)
+        self.owned.add(k)
+        calls: list[Call] = [(k, self.spec.shared, (k,), _NO_KWARGS, (), True)]
+        try:
+            if kind == "inline":
+                ok, value = run_calls(calls, None, Exception)[0]
+                self.once.settle(cell, ok, value)
+            else:
+                self.busy[kind] += 1
+                run_for(self.once, self.pools, [cell], calls)
+        except BaseException as exc:  # Ctrl-C: whoever joined the cell must not hang
+            self.once.settle(cell, False, exc)
+            raise
+
+    def shared_done(self, k: Hashable, ok: bool, value: Any) -> None:
+        self.queue.put((_SHARED, k, ok, value))
+
+    def handle(self, tag: int, ident: Any, a: Any, b: Any) -> Iterator[_Done]:
+        self.inflight -= 1
+        if tag == _ITEM:
+            yield from self.handle_item(ident, a, b)
+        elif tag == _SHARED:
+            yield from self.handle_shared(ident, a, b)
+        elif self.first is None:  # _RETRY: the other computation of the key is done
+            self.wanted.appendleft(ident)
+
+    def handle_item(
+        self, ident: tuple[int, Hashable], outcomes: list[Outcome], kind: str | None
+    ) -> Iterator[_Done]:
+        if kind is not None:
+            self.busy[kind] -= 1
+        i, k = ident
+        if not outcomes:  # the map stopped before it started
+            self.finish(k)
+            return
+        ok, value = outcomes[0]
+        self.ran += 1
+        yield self.item_done(i, k, value if ok else task_failed(ident, value), ok)
+
+    def handle_shared(self, k: Hashable, ok: bool, value: Any) -> Iterator[_Done]:
+        if k in self.owned:
+            self.owned.discard(k)
+            self.ran += 1
+            if self.spec.shared_kind != "inline":
+                self.busy[self.spec.shared_kind] -= 1
+        waiting = self.waiting.pop(k, [])
+        if ok:
+            if k in self.need:
+                self.values[k] = value
+            if self.first is None:
+                self.ready.extend((i, item, k) for i, item in waiting)
+            else:
+                for _ in waiting:
+                    self.finish(k)
+            return
+        self.failed[k] = value
+        for i, _ in waiting:
+            yield self.item_done(i, k, self.shared_failure(i, k, value))
+
+    def shared_failure(self, i: int, k: Hashable, exc: BaseException) -> TaskFailed:
+        inner = task_failed(k, exc)
+        failed = TaskFailed((i, k), f"could not run: shared({k!r}) {inner.reason}")
+        failed.__cause__ = inner.__cause__
+        return failed
+
+    def item_done(self, i: int, k: Hashable, value: Any, ok: bool = False) -> _Done:
+        self.finish(k)
+        return (i, True, value) if ok else self.fail(i, value)
+
+    def fail(self, i: int, failed: TaskFailed) -> _Done:
+        if self.spec.fail_fast and self.first is None:
+            self.first = failed
+            self.stop.set()
+            for _, _, k in self.ready:
+                self.finish(k)
+            self.ready.clear()
+            self.wanted.clear()  # their items stay in ``waiting``; never started
+        return i, False, failed
+
+    def finish(self, k: Hashable) -> None:
+        """An item of ``k`` is done: drop ``k``'s value if nothing else needs it."""
+        self.open -= 1
+        left = self.need[k] - 1
+        if left or k == self.next_key:
+            self.need[k] = left
+            return
+        del self.need[k]
+        self.values.pop(k, None)
+        self.failed.pop(k, None)
