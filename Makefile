@@ -22,6 +22,7 @@ test: $(STAMP)          ## the whole test suite
 bench: $(STAMP)         ## the full benchmarks (several minutes)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/build_memory.py
+	$(BIN)/python -m pytest bench/test_hotpaths.py -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
