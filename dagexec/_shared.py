@@ -377,6 +377,8 @@ class _Loop:
         while ready and self.has_room(spec.kind):
             self.start_item(*ready.popleft())
         while self.wanted and self.has_room(spec.shared_kind):
+            if spec.shared_kind == "inline" and not self.queue.empty():
+                return  # hand out the items of the value just computed before the next
             self.start_shared(self.wanted.popleft())
 
     def has_room(self, kind: str) -> bool:
