@@ -41,7 +41,7 @@ from loky import ProcessPoolExecutor
 from ._errors import WorkerDied
 from ._graph import KINDS, resolve_args
 
-__all__ = ["Call", "Pools", "Unpicklable", "run_calls"]
+__all__ = ["Call", "Pickled", "Pools", "Unpicklable", "call_and_dump", "dumps", "run_calls"]
 
 #: (key, fn, args, kwargs, refs, keep): ``refs`` as in ``_Task.refs`` when the arguments
 #: still need the previous call's value (a chain), else ``()``; ``keep`` says whether the
@@ -268,7 +268,10 @@ class _ThreadPool:
 
 def _process_entry(payload: bytes) -> list[bytes]:
     """Run a pickled call list in a worker process; return each outcome pickled."""
-    calls = cloudpickle.loads(payload)
+    try:
+        calls = cloudpickle.loads(payload)
+    except Exception as exc:  # most often a module the worker cannot import
+        return [cloudpickle.dumps((False, _Unloadable(f"{type(exc).__name__}: {exc}")))]
     out = []
     for i, (ok, value) in enumerate(run_calls(calls)):
         if not ok:
@@ -282,6 +285,39 @@ def _process_entry(payload: bytes) -> list[bytes]:
             out.append(cloudpickle.dumps((False, Unpicklable(calls[i][0], what, detail, error))))
             break
     return out
+
+
+class _Unloadable:
+    """The worker could not unpickle a call list; ``decode_outcomes`` names the task."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+
+
+class Pickled:
+    """A value pickled once and sent as these bytes to any number of process tasks.
+
+    Unpickling it gives the value itself, so a task receives the value, never this
+    wrapper; the bytes are copied into each payload instead of pickling the value again.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pickle.loads, (self.data,))
+
+
+def dumps(value: Any) -> bytes:
+    """Pickle ``value`` the way dagexec sends values to process workers."""
+    return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
+
+
+def call_and_dump(fn: Callable[..., Any], *args: Any) -> bytes:
+    """Call ``fn(*args)`` and return its value pickled (run in a worker process)."""
+    return dumps(fn(*args))
 
 
 class _Raised:
@@ -338,6 +374,14 @@ def decode_outcomes(calls: list[Call], parts: list[bytes]) -> list[Outcome]:
             what = "returned an object that cannot be unpickled in the calling process"
             detail = f"{type(exc).__name__}: {exc}"
             outcomes.append((False, Unpicklable(call[0], what, detail, exc)))
+            break
+        if type(value) is _Unloadable:
+            what = "could not be unpickled in its worker process"
+            detail = (
+                f"{value.detail}; if a module is missing there, put it on the workers' "
+                "sys.path or use cloudpickle.register_pickle_by_value(module)"
+            )
+            outcomes.append((False, Unpicklable(call[0], what, detail)))
             break
         outcomes.append((ok, value.rebuild() if type(value) is _Raised else value))
     return outcomes

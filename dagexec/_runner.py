@@ -31,7 +31,17 @@ from typing import Any, Literal, TypeVar
 from ._errors import DuplicateKeyError, TaskFailed, WorkerDied
 from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task, check_task, resolve_args, unhashable
 from ._once import Busy, Cell, Lineage, OnceMap
-from ._pools import Call, Outcome, Pool, Pools, Unpicklable, current_thread_pool, run_calls
+from ._pools import (
+    Call,
+    Outcome,
+    Pickled,
+    Pool,
+    Pools,
+    Unpicklable,
+    current_thread_pool,
+    dumps,
+    run_calls,
+)
 from ._results import Results, RunStats
 from ._state import RunState
 
@@ -280,6 +290,34 @@ def _settle_future(future: Future[Any], key: Hashable, ok: bool, value: Any) -> 
         pass
 
 
+class _Shipping(Mapping[Hashable, Any]):
+    """A run's values as a process task's arguments: one sent to several tasks is
+    pickled once (``Pickled``), and its bytes are copied into each payload."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+
+    def __getitem__(self, key: Hashable) -> Any:
+        run = self.run
+        shipped = run.shipped.get(key)
+        if shipped is not None:
+            return shipped
+        value = run.state.values[key]
+        if run.state.remaining.get(key, 0) < 2:
+            return value
+        try:
+            shipped = run.shipped[key] = Pickled(dumps(value))
+        except Exception:  # the task's own payload fails to pickle, naming it
+            return value
+        return shipped
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self.run.state.values)
+
+    def __len__(self) -> int:
+        return len(self.run.state.values)
+
+
 def _target_keys(
     graph: Graph, targets: Iterable[Hashable | Ref[Any]] | None
 ) -> list[Hashable] | None:
@@ -368,6 +406,8 @@ class _Run:
         self.bytes_before = self.pools.process_stats()
         # One sink per pool kind, so the loop knows whose capacity an outcome frees.
         self.sinks = {kind: partial(self.pooled_sink, kind) for kind in KINDS}
+        # Values sent to several process tasks, pickled once (dropped with the value).
+        self.shipped: dict[Hashable, Pickled] = {}
 
     def execute(self) -> Results:
         """Drive the run to its end and return its Results (or raise its first failure)."""
@@ -395,6 +435,9 @@ class _Run:
             self.batch = batch  # for abort(), should handling be interrupted
             ready = self.handle(batch)
             self.batch = batch = []  # hold no values the release rule has dropped
+            if self.shipped:
+                values = self.state.values
+                self.shipped = {k: p for k, p in self.shipped.items() if k in values}
             self.enqueue(ready)
 
     def abort(self, exc: BaseException) -> None:
@@ -475,7 +518,10 @@ class _Run:
             return None
         state = self.state
         if task.refs:
-            args, kwargs = state.args(task)
+            if task.kind == "process":
+                args, kwargs = resolve_args(task.args, task.kwargs, task.refs, _Shipping(self))
+            else:
+                args, kwargs = state.args(task)
             calls: list[Call] = [(key, task.fn, args, kwargs, (), True)]
         else:
             calls = [(key, task.fn, task.args, task.kwargs, (), True)]

@@ -47,7 +47,18 @@ import cloudpickle
 from ._errors import TaskFailed
 from ._graph import _NO_KWARGS, KINDS, _Task
 from ._once import Busy, OnceMap
-from ._pools import Call, Outcome, Pool, Pools, current_thread_pool, run_calls
+from ._pools import (
+    Call,
+    Outcome,
+    Pickled,
+    Pool,
+    Pools,
+    Unpicklable,
+    call_and_dump,
+    current_thread_pool,
+    dumps,
+    run_calls,
+)
 from ._results import Results, RunStats
 from ._runner import Runner, run_for, task_failed
 
@@ -310,6 +321,11 @@ class _Loop:
         self.once = once
         self.pools = pools
         self.hold = hold
+        # Process items get each shared value as bytes pickled once, not once per item;
+        # a shared call in a process pickles its own value there when nobody else could
+        # want the value itself (no Runner of the user's to hold it).
+        self.ship = spec.kind == "process"
+        self.dump_remotely = self.ship and spec.shared_kind == "process" and not hold
         self.queue: SimpleQueue[tuple[int, Any, Any, Any]] = SimpleQueue()
         self.stop = threading.Event()
         self.values: dict[Hashable, Any] = {}
@@ -417,7 +433,10 @@ class _Loop:
             return  # held or in flight elsewhere: ``done`` hears of it
         self.once.subscribe(cell, done)
         self.owned.add(k)
-        calls: list[Call] = [(k, self.spec.shared, (k,), _NO_KWARGS, (), True)]
+        if self.dump_remotely:
+            calls: list[Call] = [(k, call_and_dump, (self.spec.shared, k), _NO_KWARGS, (), True)]
+        else:
+            calls = [(k, self.spec.shared, (k,), _NO_KWARGS, (), True)]
         try:
             if kind == "inline":
                 ok, value = run_calls(calls, None, Exception)[0]
@@ -461,6 +480,8 @@ class _Loop:
             if self.spec.shared_kind != "inline":
                 self.busy[self.spec.shared_kind] -= 1
         waiting = self.waiting.pop(k, [])
+        if ok and self.ship:
+            ok, value = self.pickled(k, value)
         if ok:
             if k in self.need:
                 self.values[k] = value
@@ -473,6 +494,16 @@ class _Loop:
         self.failed[k] = value
         for i, _ in waiting:
             yield self.item_done(i, k, self.shared_failure(i, k, value))
+
+    def pickled(self, k: Hashable, value: Any) -> tuple[bool, Any]:
+        """Return ``k``'s value pickled once for the process items, or why it cannot be."""
+        if self.dump_remotely:
+            return True, Pickled(value)  # pickled by the worker that computed it
+        try:
+            return True, Pickled(dumps(value))
+        except Exception as exc:
+            what = "returned a value that cannot be pickled for its process items"
+            return False, Unpicklable(k, what, f"{type(exc).__name__}: {exc}", exc)
 
     def shared_failure(self, i: int, k: Hashable, exc: BaseException) -> TaskFailed:
         inner = task_failed(k, exc)
