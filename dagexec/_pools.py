@@ -175,7 +175,12 @@ class _ThreadPool:
         return max(128, 4 * self._max) if self._mean < _SHORT else self._max
 
     def submit(
-        self, calls: list[Call], sink: Sink, stop: Stop | None = None, each: Each | None = None
+        self,
+        calls: list[Call],
+        sink: Sink,
+        stop: Stop | None = None,
+        each: Each | None = None,
+        raw: bool = False,
     ) -> None:
         if self._closed:
             raise RuntimeError("this Runner is shut down; create a new one")
@@ -266,23 +271,23 @@ class _ThreadPool:
 # -- processes -------------------------------------------------------------------------
 
 
-def _process_entry(payload: bytes) -> list[bytes]:
-    """Run a pickled call list in a worker process; return each outcome pickled."""
+def _process_entry(payload: bytes) -> list[tuple[bool, bytes]]:
+    """Run a pickled call list in a worker process; return each outcome, value pickled."""
     try:
         calls = cloudpickle.loads(payload)
     except Exception as exc:  # most often a module the worker cannot import
-        return [cloudpickle.dumps((False, _Unloadable(f"{type(exc).__name__}: {exc}")))]
+        return [(False, dumps(_Unloadable(f"{type(exc).__name__}: {exc}")))]
     out = []
     for i, (ok, value) in enumerate(run_calls(calls)):
         if not ok:
             value = _Raised(value)
         try:
-            out.append(cloudpickle.dumps((ok, value), protocol=pickle.HIGHEST_PROTOCOL))
+            out.append((ok, dumps(value)))
         except Exception as exc:
             what = "returned an object that cannot be pickled"
             detail = f"{type(value).__qualname__}: {exc}"
             error = exc if _picklable(exc) else None
-            out.append(cloudpickle.dumps((False, Unpicklable(calls[i][0], what, detail, error))))
+            out.append((False, dumps(Unpicklable(calls[i][0], what, detail, error))))
             break
     return out
 
@@ -364,12 +369,20 @@ def encode_calls(calls: list[Call]) -> bytes:
     return payload
 
 
-def decode_outcomes(calls: list[Call], parts: list[bytes]) -> list[Outcome]:
-    """Unpickle what ``_process_entry`` returned; a value that cannot be is a failure."""
+def decode_outcomes(
+    calls: list[Call], parts: list[tuple[bool, bytes]], raw: bool = False
+) -> list[Outcome]:
+    """Unpickle what ``_process_entry`` returned; a value that cannot be is a failure.
+
+    With ``raw``, values stay pickled (``Pickled``): they only go on to process tasks.
+    """
     outcomes: list[Outcome] = []
-    for call, part in zip(calls, parts):  # noqa: B905 (parts stop at a failure)
+    for call, (ok, data) in zip(calls, parts):  # noqa: B905 (parts stop at a failure)
+        if ok and raw:
+            outcomes.append((True, Pickled(data)))
+            continue
         try:
-            ok, value = pickle.loads(part)
+            value = pickle.loads(data)
         except Exception as exc:
             what = "returned an object that cannot be unpickled in the calling process"
             detail = f"{type(exc).__name__}: {exc}"
@@ -405,7 +418,7 @@ class _Slot:
         self.executor: ProcessPoolExecutor | None = None
 
 
-_Pending = tuple[bytes, list[Call], Sink, "Stop | None"]
+_Pending = tuple[bytes, list[Call], Sink, "Stop | None", bool]
 
 
 class _ProcessPool:
@@ -427,7 +440,12 @@ class _ProcessPool:
         self.bytes_received = 0
 
     def submit(
-        self, calls: list[Call], sink: Sink, stop: Stop | None = None, each: Each | None = None
+        self,
+        calls: list[Call],
+        sink: Sink,
+        stop: Stop | None = None,
+        each: Each | None = None,
+        raw: bool = False,
     ) -> None:
         # ``each`` is not needed: process tasks are never chained.
         if self._closed:
@@ -441,14 +459,14 @@ class _ProcessPool:
             self.bytes_sent += len(payload)
             slot = self._idle.pop() if self._idle else None
             if slot is None:
-                self._pending.append((payload, calls, sink, stop))
+                self._pending.append((payload, calls, sink, stop, raw))
                 return
-        self._run_on(slot, (payload, calls, sink, stop))
+        self._run_on(slot, (payload, calls, sink, stop, raw))
 
     def _run_on(self, slot: _Slot, item: _Pending | None) -> None:
         """Start ``item`` on ``slot``; one that cannot start is reported, and the next tried."""
         while item is not None:
-            payload, calls, sink, stop = item
+            payload, calls, sink, stop, raw = item
             if stop is not None and stop():
                 sink(calls, [])  # its run stopped while it waited: never started
             else:
@@ -457,7 +475,7 @@ class _ProcessPool:
                 except Exception as exc:  # shut down
                     sink(calls, [(False, exc)])
                 else:
-                    future.add_done_callback(partial(self._finished, slot, calls, sink))
+                    future.add_done_callback(partial(self._finished, slot, calls, sink, raw))
                     return
             item = self._next(slot)
 
@@ -498,13 +516,15 @@ class _ProcessPool:
             self._idle.append(slot)
             return None
 
-    def _finished(self, slot: _Slot, calls: list[Call], sink: Sink, future: Future[Any]) -> None:
+    def _finished(
+        self, slot: _Slot, calls: list[Call], sink: Sink, raw: bool, future: Future[Any]
+    ) -> None:
         exc = future.exception()
         if exc is None:
             parts = future.result()
             with self._lock:
-                self.bytes_received += sum(len(p) for p in parts)
-            outcomes = decode_outcomes(calls, parts)
+                self.bytes_received += sum(len(data) for _, data in parts)
+            outcomes = decode_outcomes(calls, parts, raw)
         else:
             outcomes = [(False, self._lost(slot, exc))]
         try:
@@ -517,7 +537,7 @@ class _ProcessPool:
             self._closed = True
             executors, self._executors = self._executors, []
             pending, self._pending = list(self._pending), deque()
-        for _, calls, sink, _ in pending:
+        for _, calls, sink, _, _ in pending:
             sink(calls, [(False, RuntimeError("the Runner was shut down before this task ran"))])
         for executor in executors:
             executor.shutdown(wait=wait)
@@ -533,7 +553,12 @@ class _ExecutorPool:
         self.capacity = 2 * workers if isinstance(workers, int) and workers > 0 else 256
 
     def submit(
-        self, calls: list[Call], sink: Sink, stop: Stop | None = None, each: Each | None = None
+        self,
+        calls: list[Call],
+        sink: Sink,
+        stop: Stop | None = None,
+        each: Each | None = None,
+        raw: bool = False,
     ) -> None:
         if self._portable:
             try:
@@ -549,14 +574,14 @@ class _ExecutorPool:
         except Exception as exc:  # the user's executor is shut down or broken
             sink(calls, [(False, _worker_died(exc) if isinstance(exc, BrokenExecutor) else exc)])
             return
-        future.add_done_callback(lambda f: sink(calls, self._outcomes(calls, f)))
+        future.add_done_callback(lambda f: sink(calls, self._outcomes(calls, f, raw)))
 
-    def _outcomes(self, calls: list[Call], future: Future[Any]) -> list[Outcome]:
+    def _outcomes(self, calls: list[Call], future: Future[Any], raw: bool) -> list[Outcome]:
         exc = future.exception()
         if exc is not None:
             return [(False, _worker_died(exc) if isinstance(exc, BrokenExecutor) else exc)]
         result = future.result()
-        return decode_outcomes(calls, result) if self._portable else result
+        return decode_outcomes(calls, result, raw) if self._portable else result
 
     def shutdown(self, wait: bool = True) -> None:
         """Leave the user's executor alone."""

@@ -303,7 +303,7 @@ class _Shipping(Mapping[Hashable, Any]):
         if shipped is not None:
             return shipped
         value = run.state.values[key]
-        if run.state.remaining.get(key, 0) < 2:
+        if type(value) is Pickled or run.state.remaining.get(key, 0) < 2:
             return value
         try:
             shipped = run.shipped[key] = Pickled(dumps(value))
@@ -408,6 +408,7 @@ class _Run:
         self.sinks = {kind: partial(self.pooled_sink, kind) for kind in KINDS}
         # Values sent to several process tasks, pickled once (dropped with the value).
         self.shipped: dict[Hashable, Pickled] = {}
+        self.read_here: set[Hashable] | None = None  # see raw()
 
     def execute(self) -> Results:
         """Drive the run to its end and return its Results (or raise its first failure)."""
@@ -541,6 +542,8 @@ class _Run:
                 # Only Exceptions are task failures here: Ctrl-C in the caller's thread
                 # stops the run, as it would stop the same code called directly.
                 outcomes = run_calls(calls, None, Exception)
+            elif task.kind == "process":
+                pool.submit(calls, self.sinks["process"], self.stop.is_set, None, self.raw(key))
             else:
                 pool.submit(calls, self.sinks[task.kind], self.stop.is_set, each)
         except BaseException as exc:
@@ -552,6 +555,24 @@ class _Run:
             raise
         self.inflight += 1
         return pool if pool is not None else (calls, outcomes, None)
+
+    def raw(self, key: Hashable) -> bool:
+        """Say whether ``key``'s value may stay pickled: only process tasks will read it.
+
+        Then it goes from worker to worker as the bytes the first worker pickled, never
+        unpickled and pickled again here. Only in a private run: in a shared one, other
+        callers may take the value itself.
+        """
+        state = self.state
+        if not self.private or state.keep_all or key in state.targets:
+            return False
+        if self.read_here is None:
+            # Keys with a dependent that is not a process task (built once, if needed).
+            tasks = self.tasks
+            self.read_here = {
+                dep for k in state.run_keys if tasks[k].kind != "process" for dep in tasks[k].preds
+            }
+        return key not in self.read_here
 
     def claim_followers(self, chain: list[Hashable]) -> list[Hashable]:
         """Own the cells of a chain's followers; cut it before a key someone else has."""

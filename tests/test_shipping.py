@@ -15,16 +15,22 @@ import dagexec
 
 
 class Counted:
-    """A value that counts, in the process that pickles it, how often it is pickled."""
+    """A value that counts, in the process that does it, how often it is (un)pickled."""
 
     pickles = 0
+    unpickles = 0
 
     def __init__(self, payload: int) -> None:
         self.payload = payload
 
     def __reduce__(self) -> tuple[Any, ...]:
         type(self).pickles += 1
-        return (Counted, (self.payload,))
+        return (_unpickle, (self.payload,))
+
+
+def _unpickle(payload: int) -> Counted:
+    Counted.unpickles += 1
+    return Counted(payload)
 
 
 def make(n: int) -> Counted:
@@ -41,7 +47,7 @@ def read_item(item: int, value: Counted) -> int:
 
 @pytest.fixture(autouse=True)
 def _zero() -> None:
-    Counted.pickles = 0
+    Counted.pickles = Counted.unpickles = 0
 
 
 def test_a_value_sent_to_many_process_tasks_is_pickled_once() -> None:
@@ -52,6 +58,35 @@ def test_a_value_sent_to_many_process_tasks_is_pickled_once() -> None:
     results = g.run(max_workers={"process": 2})
     assert {results[("use", i)] for i in range(5)} == {7, 8, 9, 10, 11}
     assert Counted.pickles == 1
+
+
+def test_a_value_only_process_tasks_read_goes_from_worker_to_worker_as_bytes() -> None:
+    g = dagexec.Graph(default_kind="process")
+    v = g.add("v", make, 7)
+    for i in range(4):
+        g.add(("use", i), read, v, i)
+    results = g.run(max_workers=2)
+    assert [results[("use", i)] for i in range(4)] == [7, 8, 9, 10]
+    assert (Counted.pickles, Counted.unpickles) == (0, 0)  # none of it in this process
+
+
+def test_a_value_a_thread_task_reads_is_unpickled_here_once() -> None:
+    g = dagexec.Graph(default_kind="process")
+    v = g.add("v", make, 7)
+    g.add("in_process", read, v, 1)
+    g.add("here", read, v, 2, kind="thread")
+    results = g.run(max_workers=2)
+    assert (results["in_process"], results["here"]) == (8, 9)
+    assert Counted.unpickles == 1
+
+
+def test_a_target_computed_in_a_process_comes_back_as_its_value() -> None:
+    g = dagexec.Graph(default_kind="process")
+    v = g.add("v", make, 7)
+    g.add("use", read, v)
+    results = g.run(targets=["v", "use"], max_workers=2)
+    assert type(results["v"]) is Counted
+    assert (results["v"].payload, results["use"]) == (7, 7)
 
 
 def test_a_value_sent_to_one_process_task_is_pickled_with_it() -> None:
