@@ -12,14 +12,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)          ## the main job: an example, then the overhead benchmark report
+demo: $(STAMP)          ## the main job: an example, then the benchmark report (quick mode, ~2-3 min)
 	$(BIN)/python examples/quickstart.py
-	$(BIN)/python bench/overhead.py --quick
+	$(BIN)/python bench/report.py --quick
 
 test: $(STAMP)          ## the whole test suite
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)         ## the full benchmarks (several minutes)
+bench: $(STAMP)         ## the full benchmarks (20-30 minutes on 2 cores)
+	$(BIN)/python bench/report.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/build_memory.py
 	$(BIN)/python -m pytest bench/test_hotpaths.py -p no:cacheprovider
