@@ -103,7 +103,6 @@ import importlib.util
 import json
 import os
 import pickle
-import platform
 import signal
 import statistics
 import subprocess
@@ -893,22 +892,18 @@ def versions() -> dict[str, str]:
 
 
 def machine_info(workers: int) -> dict[str, Any]:
+    import overhead
     import psutil
 
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    info = overhead.machine_info()  # cpu, cores, platform, python (and its own versions)
     return {
-        "cpu": cpu,
-        "cores_physical": psutil.cpu_count(logical=False),
-        "cores_logical": psutil.cpu_count(logical=True),
+        "cpu": info["cpu"],
+        "cores_physical": info["cores_physical"],
+        "cores_logical": info["cores_logical"],
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "platform": platform.platform(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "loadavg_at_start": info["loadavg"],
+        "platform": info["platform"],
+        "python": info["python"],
         "workers": workers,
         **versions(),
     }

@@ -246,6 +246,20 @@ class Runner:
         self.shutdown(wait=True)
 
 
+def take_batch(queue: SimpleQueue[T]) -> list[T]:
+    """Return the messages on ``queue``: at least one, or none after ``_POLL`` seconds.
+
+    A loop blocks here, never for long, so Ctrl-C in its thread is handled promptly.
+    """
+    try:
+        batch = [queue.get(timeout=_POLL)]
+    except Empty:
+        return []
+    while not queue.empty():
+        batch.append(queue.get())
+    return batch
+
+
 def run_for(once: OnceMap, pools: Pools, cells: list[Cell], calls: list[Call]) -> None:
     """Run ``calls`` (one task or a chain) for whoever waits on ``cells``; settle each."""
 
@@ -420,19 +434,14 @@ class _Run:
         return self.results()
 
     def loop(self) -> None:
-        queue = self.queue
-        get, empty = queue.get, queue.empty
         self.enqueue(self.state.ready(), first=False)
         while True:
             self.pump()
             if not self.inflight:
                 break
-            try:
-                batch = [get(timeout=_POLL)]
-            except Empty:
+            batch = take_batch(self.queue)
+            if not batch:
                 continue
-            while not empty():
-                batch.append(get())
             self.batch = batch  # for abort(), should handling be interrupted
             ready = self.handle(batch)
             self.batch = batch = []  # hold no values the release rule has dropped

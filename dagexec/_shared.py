@@ -39,7 +39,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor
 from contextlib import nullcontext
 from functools import partial
-from queue import Empty, SimpleQueue
+from queue import SimpleQueue
 from typing import Any, TypeVar
 
 import cloudpickle
@@ -60,13 +60,12 @@ from ._pools import (
     run_calls,
 )
 from ._results import Results, RunStats
-from ._runner import Runner, run_for, task_failed
+from ._runner import Runner, run_for, take_batch, task_failed
 
 __all__ = ["imap_shared", "map_shared"]
 
 R = TypeVar("R")
 
-_POLL = 0.1  # seconds the loop blocks at most, so Ctrl-C is handled promptly
 _ITEM, _SHARED, _RETRY = 0, 1, 2
 _NOTHING = object()  # no item read ahead
 
@@ -345,7 +344,6 @@ class _Loop:
         self.sinks = {kind: partial(self.item_sink, kind) for kind in ("thread", "process")}
 
     def run(self, entries: Iterator[_Entry], window: int) -> Iterator[_Done]:
-        get, empty = self.queue.get, self.queue.empty
         ahead = next(entries, None)
         while True:
             while ahead is not None and self.open < window and self.first is None:
@@ -357,15 +355,9 @@ class _Loop:
                 if ahead is None or self.first is not None:
                     return
                 continue
-            try:
-                batch = [get(timeout=_POLL)]
-            except Empty:
-                continue
-            while not empty():
-                batch.append(get())
-            for message in batch:
-                yield from self.handle(*message)
-            del batch, message  # hold no values the release rule has dropped
+            # In a frame of its own, so that no message outlives its handling: the
+            # release rule drops values, and a local here must not keep one alive.
+            yield from self.handle_all(take_batch(self.queue))
 
     def admit(self, entry: _Entry) -> Iterator[_Done]:
         i, item, k, failure = entry
@@ -450,6 +442,10 @@ class _Loop:
 
     def shared_done(self, k: Hashable, ok: bool, value: Any) -> None:
         self.queue.put((_SHARED, k, ok, value))
+
+    def handle_all(self, batch: list[tuple[int, Any, Any, Any]]) -> Iterator[_Done]:
+        for message in batch:
+            yield from self.handle(*message)
 
     def handle(self, tag: int, ident: Any, a: Any, b: Any) -> Iterator[_Done]:
         self.inflight -= 1
