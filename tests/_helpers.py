@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +27,33 @@ def total(log: Path, key: str, *values: int) -> int:
     """Record ``key`` and return the sum of ``values``."""
     _record(log, key)
     return sum(values)
+
+
+class PairedEntry:
+    """Measures how many calls run at once, with no sleeps.
+
+    Each call of ``enter()`` stays until the call after next has entered (or all ``n``
+    have): two workers always make progress, a pool of one leaves the first call waiting
+    in vain (``enter`` then returns False), and a third worker would let a third call in
+    while two are held, pushing ``peak`` to 3.
+    """
+
+    def __init__(self, n: int, wait: float) -> None:
+        self.n = n
+        self.wait = wait
+        self.cond = threading.Condition()
+        self.entered = self.active = self.peak = 0
+
+    def enter(self) -> bool:
+        """Enter, wait for the partner; return whether it came."""
+        with self.cond:
+            mine = self.entered
+            self.entered += 1
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            self.cond.notify_all()
+            came = self.cond.wait_for(
+                lambda: self.entered >= min(self.n, mine + 2), timeout=self.wait
+            )
+            self.active -= 1
+        return came

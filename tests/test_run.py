@@ -18,7 +18,7 @@ from typing import Any
 
 import loky
 import pytest
-from _helpers import _record, ran, total, value
+from _helpers import PairedEntry, _record, ran, total, value
 
 import dagexec
 
@@ -186,27 +186,12 @@ def test_values_flow_across_kinds() -> None:
 
 @pytest.mark.parametrize("max_workers", [2, {"thread": 2}], ids=["int", "dict"])
 def test_max_workers_bounds_concurrent_thread_tasks(max_workers: int | dict[str, int]) -> None:
-    """Each task stays until the task after next has entered (or no task is left).
-
-    With two workers that always makes progress, and shows that two do run at once (a
-    pool of one would leave the first task waiting in vain). A third worker would let a
-    third task enter while two are still held, pushing the peak to 3.
-    """
+    """Two tasks run at once, never three (see ``PairedEntry``)."""
     n = 8
-    cond = threading.Condition()
-    entered = active = peak = 0
+    pairs = PairedEntry(n, WAIT)
 
     def task(i: int) -> int:
-        nonlocal entered, active, peak
-        with cond:
-            mine = entered
-            entered += 1
-            active += 1
-            peak = max(peak, active)
-            cond.notify_all()
-            partner_came = cond.wait_for(lambda: entered >= min(n, mine + 2), timeout=WAIT)
-            active -= 1
-        assert partner_came, "no second task ran beside this one"
+        assert pairs.enter(), "no second task ran beside this one"
         return i
 
     g = dagexec.Graph()
@@ -216,7 +201,7 @@ def test_max_workers_bounds_concurrent_thread_tasks(max_workers: int | dict[str,
     res = g.run(max_workers=max_workers)
 
     assert dict(res) == {i: i for i in range(n)}
-    assert peak == 2
+    assert pairs.peak == 2
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import PairedEntry
 
 import dagexec
 from dagexec import Runner, TaskFailed
@@ -1016,23 +1017,12 @@ def test_map_shared_inside_a_task_of_a_one_worker_runner_does_not_deadlock(
 
 @pytest.mark.parametrize("max_workers", [2, {"thread": 2}], ids=["int", "dict"])
 def test_max_workers_bounds_concurrent_items(max_workers: int | dict[str, int]) -> None:
-    """Each item stays until the item after next has entered (or none is left): two
-    workers always make progress, and a third would push the peak to 3."""
+    """Two items run at once, never three (see ``PairedEntry``)."""
     n = 8
-    cond = threading.Condition()
-    entered = active = peak = 0
+    pairs = PairedEntry(n, WAIT)
 
     def fn(item: int, value: None) -> int:
-        nonlocal entered, active, peak
-        with cond:
-            mine = entered
-            entered += 1
-            active += 1
-            peak = max(peak, active)
-            cond.notify_all()
-            partner_came = cond.wait_for(lambda: entered >= min(n, mine + 2), timeout=WAIT)
-            active -= 1
-        assert partner_came, "no second item ran beside this one"
+        assert pairs.enter(), "no second item ran beside this one"
         return item
 
     out = dagexec.map_shared(
@@ -1045,7 +1035,7 @@ def test_max_workers_bounds_concurrent_items(max_workers: int | dict[str, int]) 
     )
 
     assert out == list(range(n))
-    assert peak == 2
+    assert pairs.peak == 2
 
 
 def test_a_user_executor_runs_the_work_and_stays_open() -> None:
