@@ -304,15 +304,39 @@ class Pickled:
 
     Unpickling it gives the value itself, so a task receives the value, never this
     wrapper; the bytes are copied into each payload instead of pickling the value again.
+    A worker keeps the last few values it unpickled (``_load``), so several tasks that
+    read one value in the same worker unpickle it once.
     """
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "token")
 
     def __init__(self, data: bytes) -> None:
         self.data = data
+        self.token = (os.getpid(), next(_tokens))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (pickle.loads, (self.data,))
+        return (_load, (self.token, self.data))
+
+
+_tokens = itertools.count()
+_KEPT = 4  # values a worker keeps unpickled, most recently used first out last
+_kept: dict[tuple[int, int], Any] = {}
+_kept_lock = threading.Lock()
+
+
+def _load(token: tuple[int, int], data: bytes) -> Any:
+    """Unpickle ``data``, or return the value this process unpickled from it last time."""
+    with _kept_lock:
+        if token in _kept:
+            value = _kept.pop(token)
+            _kept[token] = value  # most recently used
+            return value
+    value = pickle.loads(data)
+    with _kept_lock:
+        _kept[token] = value
+        while len(_kept) > _KEPT:
+            del _kept[next(iter(_kept))]
+    return value
 
 
 def dumps(value: Any) -> bytes:

@@ -165,3 +165,30 @@ def test_a_function_the_worker_cannot_import_fails_saying_what_to_do(tmp_path: P
     assert "could not be unpickled in its worker process" in message
     assert "ModuleNotFoundError" in message
     assert "register_pickle_by_value" in message
+
+
+def unpickles_seen(value: Counted, i: int) -> int:
+    """How often this worker process has unpickled a Counted so far."""
+    return Counted.unpickles
+
+
+def test_tasks_reading_one_value_in_one_worker_unpickle_it_once() -> None:
+    g = dagexec.Graph(default_kind="process")
+    v = g.add("v", make, 7)
+    for i in range(6):
+        g.add(("seen", i), unpickles_seen, v, i)
+    results = g.run(max_workers=1)
+    assert [results[("seen", i)] for i in range(6)] == [1] * 6
+
+
+def test_map_shared_items_in_one_worker_unpickle_their_value_once() -> None:
+    out = dagexec.map_shared(
+        unpickles_seen,
+        range(6),
+        shared=make,
+        key=lambda i: 0,
+        kind="process",
+        shared_kind="thread",
+        max_workers=1,
+    )
+    assert out == [1] * 6
