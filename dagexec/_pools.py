@@ -282,7 +282,7 @@ def _process_entry(payload: bytes) -> list[tuple[bool, bytes]]:
         if not ok:
             value = _Raised(value)
         try:
-            out.append((ok, dumps(value)))
+            out.append((ok, _dumps_result(value)))
         except Exception as exc:
             what = "returned an object that cannot be pickled"
             detail = f"{type(value).__qualname__}: {exc}"
@@ -344,9 +344,24 @@ def dumps(value: Any) -> bytes:
     return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
 
 
+def _dumps_result(value: Any) -> bytes:
+    """Pickle a value computed in a worker process, for the caller or another worker.
+
+    Plain pickle first: several times faster than cloudpickle on plain data (an AST:
+    1.3 against 3.2 ms), and it refuses what it cannot send by reference (a class sent
+    to this worker by value, a lambda), which cloudpickle then sends by value. Only in a
+    worker: there every module a value refers to is one its peers can import too,
+    whereas the caller's ``__main__`` is not importable in its workers.
+    """
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return dumps(value)
+
+
 def call_and_dump(fn: Callable[..., Any], *args: Any) -> bytes:
     """Call ``fn(*args)`` and return its value pickled (run in a worker process)."""
-    return dumps(fn(*args))
+    return _dumps_result(fn(*args))
 
 
 class _Raised:

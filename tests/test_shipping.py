@@ -192,3 +192,20 @@ def test_map_shared_items_in_one_worker_unpickle_their_value_once() -> None:
         max_workers=1,
     )
     assert out == [1] * 6
+
+
+def make_adder(n: int) -> Any:
+    class Local:  # defined in the worker: plain pickle cannot send it by reference
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+    return (lambda x: x + n), Local(n)
+
+
+def test_values_plain_pickle_refuses_come_back_with_cloudpickle() -> None:
+    g = dagexec.Graph(default_kind="process")
+    pair = g.add("pair", make_adder, 5)
+    g.add("used", lambda p: p[0](1) + p[1].n, pair)
+    results = g.run(targets=["pair", "used"], max_workers=1)
+    adder, local = results["pair"]
+    assert (adder(2), local.n, results["used"]) == (7, 5, 11)
