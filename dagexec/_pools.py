@@ -448,30 +448,42 @@ def _worker_died(exc: BaseException) -> WorkerDied:
     return died
 
 
-class _Slot:
-    """One worker process: a single-worker loky executor, started on first use."""
+_DEPTH = 2  # units in flight per worker: the next one is on its way while one runs
 
-    __slots__ = ("executor",)
+
+class _Slot:
+    """One worker process: a single-worker loky executor, started on first use.
+
+    ``load`` counts the units handed to it and not finished (at most ``_DEPTH``);
+    ``generation`` grows each time its executor is retired, so a unit submitted to a
+    retired executor is known to have died with it without running.
+    """
+
+    __slots__ = ("executor", "generation", "load")
 
     def __init__(self) -> None:
         self.executor: ProcessPoolExecutor | None = None
+        self.generation = 0
+        self.load = 0
 
 
 _Pending = tuple[bytes, list[Call], Sink, "Stop | None", bool]
 
 
 class _ProcessPool:
-    """Worker processes, one call list at a time each; a dead worker is replaced.
+    """Worker processes, at most ``_DEPTH`` call lists each; a dead worker is replaced.
 
-    Each slot is a single-worker loky executor, so the task a dead worker was running is
-    known exactly. Units wait in ``_pending`` while every slot is busy; a slot that
-    finishes takes the next one (on loky's callback thread).
+    Each slot is a single-worker loky executor that runs its units in order, so when a
+    worker dies the unit it was running is known exactly: the oldest one in flight
+    there. Units behind it never started; they go to the replacement worker. Units wait
+    in ``_pending`` while every slot is full; a slot that finishes one takes the next
+    (on loky's callback thread).
     """
 
     def __init__(self, max_workers: int) -> None:
-        self.capacity = max_workers  # placement is decided when a worker is free
+        self.capacity = _DEPTH * max_workers
         self._lock = threading.Lock()
-        self._idle = [_Slot() for _ in range(max_workers)]
+        self._slots = [_Slot() for _ in range(max_workers)]
         self._pending: deque[_Pending] = deque()
         self._executors: list[ProcessPoolExecutor] = []
         self._closed = False
@@ -494,31 +506,33 @@ class _ProcessPool:
         except Unpicklable as exc:
             sink(calls, [(False, exc)])
             return
+        item = (payload, calls, sink, stop, raw)
         with self._lock:
             self.bytes_sent += len(payload)
-            slot = self._idle.pop() if self._idle else None
-            if slot is None:
-                self._pending.append((payload, calls, sink, stop, raw))
+            slot = min(self._slots, key=_slot_load)  # an idle worker before a busy one
+            if slot.load >= _DEPTH:
+                self._pending.append(item)
                 return
-        self._run_on(slot, (payload, calls, sink, stop, raw))
+            slot.load += 1
+        self._run_on(slot, item)
 
     def _run_on(self, slot: _Slot, item: _Pending | None) -> None:
         """Start ``item`` on ``slot``; one that cannot start is reported, and the next tried."""
         while item is not None:
-            payload, calls, sink, stop, raw = item
+            payload, calls, sink, stop, _ = item
             if stop is not None and stop():
                 sink(calls, [])  # its run stopped while it waited: never started
             else:
                 try:
-                    future = self._submit(slot, payload)
+                    future, generation = self._submit(slot, payload)
                 except Exception as exc:  # shut down
                     sink(calls, [(False, exc)])
                 else:
-                    future.add_done_callback(partial(self._finished, slot, calls, sink, raw))
+                    future.add_done_callback(partial(self._finished, slot, item, generation))
                     return
             item = self._next(slot)
 
-    def _submit(self, slot: _Slot, payload: bytes) -> Future[Any]:
+    def _submit(self, slot: _Slot, payload: bytes) -> tuple[Future[Any], int]:
         """Submit to the slot's worker; one that broke while idle is replaced, not blamed."""
         future: Future[Any]
         try:
@@ -526,7 +540,7 @@ class _ProcessPool:
         except BrokenExecutor as exc:
             self._lost(slot, exc)
             future = self._executor(slot).submit(_process_entry, payload)
-        return future
+        return future, slot.generation
 
     def _executor(self, slot: _Slot) -> ProcessPoolExecutor:
         with self._lock:
@@ -541,7 +555,9 @@ class _ProcessPool:
         """Retire the slot's executor if ``exc`` says it broke; return what to report."""
         if not isinstance(exc, BrokenExecutor):
             return exc
-        executor, slot.executor = slot.executor, None
+        with self._lock:
+            executor, slot.executor = slot.executor, None
+            slot.generation += 1
         if executor is not None:
             # Possibly on that executor's own thread: it cannot be joined here;
             # shutdown() joins it with the others.
@@ -549,21 +565,25 @@ class _ProcessPool:
         return _worker_died(exc)
 
     def _next(self, slot: _Slot) -> _Pending | None:
+        """Take the next pending unit for ``slot``, or give up the place it finished."""
         with self._lock:
             if self._pending:
                 return self._pending.popleft()
-            self._idle.append(slot)
+            slot.load -= 1
             return None
 
-    def _finished(
-        self, slot: _Slot, calls: list[Call], sink: Sink, raw: bool, future: Future[Any]
-    ) -> None:
+    def _finished(self, slot: _Slot, item: _Pending, generation: int, future: Future[Any]) -> None:
+        _, calls, sink, _, raw = item
         exc = future.exception()
         if exc is None:
             parts = future.result()
             with self._lock:
                 self.bytes_received += sum(len(data) for _, data in parts)
             outcomes = decode_outcomes(calls, parts, raw)
+        elif isinstance(exc, BrokenExecutor) and generation != slot.generation:
+            # Its worker died running an older unit of this slot: it never started.
+            self._run_on(slot, item)
+            return
         else:
             outcomes = [(False, self._lost(slot, exc))]
         try:
@@ -580,6 +600,10 @@ class _ProcessPool:
             sink(calls, [(False, RuntimeError("the Runner was shut down before this task ran"))])
         for executor in executors:
             executor.shutdown(wait=wait)
+
+
+def _slot_load(slot: _Slot) -> int:
+    return slot.load
 
 
 class _ExecutorPool:
