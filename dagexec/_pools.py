@@ -41,7 +41,7 @@ from loky import ProcessPoolExecutor
 from ._errors import WorkerDied
 from ._graph import KINDS, resolve_args
 
-__all__ = ["Call", "Pickled", "Pools", "Unpicklable", "call_and_dump", "dumps", "run_calls"]
+__all__ = ["Call", "Pickled", "Pools", "Unpicklable", "dumps", "run_calls"]
 
 #: (key, fn, args, kwargs, refs, keep): ``refs`` as in ``_Task.refs`` when the arguments
 #: still need the previous call's value (a chain), else ``()``; ``keep`` says whether the
@@ -135,7 +135,7 @@ def run_calls(
 # -- threads ---------------------------------------------------------------------------
 
 _SHORT = 0.0005  # seconds: units shorter than this on average get a deep queue
-_LONG = 1.0
+_UNKNOWN = 1.0  # the mean before any unit has run: long, so a run starts shallow
 
 _local = threading.local()
 
@@ -155,7 +155,7 @@ class _ThreadPool:
     """
 
     def __init__(self, max_workers: int) -> None:
-        self._mean = _LONG  # seconds a unit takes, smoothed; unknown counts as long
+        self._mean = _UNKNOWN  # seconds a unit takes, smoothed
         self._queue: SimpleQueue[Any] = SimpleQueue()
         self._lock = threading.Lock()
         self._max = max_workers
@@ -165,7 +165,7 @@ class _ThreadPool:
 
     @property
     def capacity(self) -> int:
-        """Units a run should keep queued here.
+        """Units a run should keep handed to this pool (running or queued).
 
         Short units need a deep queue, or workers wait for the run's loop to wake up
         (tens of microseconds each time); long units need none, and a shallow queue
@@ -211,8 +211,9 @@ class _ThreadPool:
                 calls, sink, stop, each = item
                 started = perf_counter()
                 outcomes = run_calls(calls, stop, BaseException, each)
-                # Unlocked and racy on purpose: a smoothed hint, not bookkeeping.
-                self._mean += (perf_counter() - started - self._mean) * 0.2
+                if outcomes:  # a unit skipped by a stopped run says nothing of its length
+                    # Unlocked and racy on purpose: a smoothed hint, not bookkeeping.
+                    self._mean += (perf_counter() - started - self._mean) * 0.2
                 sink(calls, outcomes)
                 del item, outcomes, calls, sink, stop, each  # hold no task values while waiting
                 if len(self._threads) > self._max and self._retire():
@@ -357,11 +358,6 @@ def _dumps_result(value: Any) -> bytes:
         return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         return dumps(value)
-
-
-def call_and_dump(fn: Callable[..., Any], *args: Any) -> bytes:
-    """Call ``fn(*args)`` and return its value pickled (run in a worker process)."""
-    return _dumps_result(fn(*args))
 
 
 class _Raised:

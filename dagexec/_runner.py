@@ -260,8 +260,13 @@ def take_batch(queue: SimpleQueue[T]) -> list[T]:
     return batch
 
 
-def run_for(once: OnceMap, pools: Pools, cells: list[Cell], calls: list[Call]) -> None:
-    """Run ``calls`` (one task or a chain) for whoever waits on ``cells``; settle each."""
+def run_for(
+    once: OnceMap, pools: Pools, cells: list[Cell], calls: list[Call], raw: bool = False
+) -> None:
+    """Run ``calls`` (one task or a chain) for whoever waits on ``cells``; settle each.
+
+    ``raw``: a process task's value stays pickled (``Pickled``), for process tasks only.
+    """
 
     def each(i: int, ok: bool, value: Any) -> None:
         once.settle(cells[i], ok, value)
@@ -275,7 +280,8 @@ def run_for(once: OnceMap, pools: Pools, cells: list[Cell], calls: list[Call]) -
                 once.settle(cell, False, failed)
 
     try:
-        pools.get(cells[0].task.kind).submit(calls, settle, None, each if len(calls) > 1 else None)
+        pool = pools.get(cells[0].task.kind)
+        pool.submit(calls, settle, None, each if len(calls) > 1 else None, raw)
     except RuntimeError as exc:  # the Runner was shut down
         for cell in cells:
             once.settle(cell, False, exc)
@@ -305,8 +311,11 @@ def _settle_future(future: Future[Any], key: Hashable, ok: bool, value: Any) -> 
 
 
 class _Shipping(Mapping[Hashable, Any]):
-    """A run's values as a process task's arguments: one sent to several tasks is
-    pickled once (``Pickled``), and its bytes are copied into each payload."""
+    """A run's values, as a process task's arguments see them.
+
+    A value sent to several tasks is pickled once (``Pickled``), and its bytes are copied
+    into each payload; a value that stayed pickled (see ``_Run.raw``) goes as it is.
+    """
 
     def __init__(self, run: _Run) -> None:
         self.run = run

@@ -54,7 +54,6 @@ from ._pools import (
     Pool,
     Pools,
     Unpicklable,
-    call_and_dump,
     current_thread_pool,
     dumps,
     run_calls,
@@ -115,7 +114,8 @@ def map_shared(
 
     Raises:
         TaskFailed: the first failure (unless ``return_exceptions``), after the items
-            already running have finished; its ``key`` is ``(index, key)``, and its
+            already running have finished; its ``key`` is ``(index, key)`` (``(index,
+            None)`` when ``key(item)`` itself failed), and its
             ``results`` maps the index of every item that completed to its result. A
             failing ``shared(k)`` fails every item of ``k``; a failing ``key(item)``
             fails its item before any work starts.
@@ -171,7 +171,7 @@ def imap_shared(
     """Yield ``(index, fn(item, shared(key(item))))`` for every item, as items complete.
 
     Like ``map_shared``, for any iterable, also an endless one: at most ``window`` items
-    are in flight (read and not yielded), so memory stays bounded. A shared value is
+    are in flight (read and not yielded, plus one read ahead), so memory stays bounded. A shared value is
     kept while an item in flight, or the next item read, needs it; a key that comes
     back after its value was dropped is computed again, so group items by key (as
     ``itertools.product`` does) or pass a ``runner``, which holds every shared value.
@@ -321,8 +321,8 @@ class _Loop:
         self.pools = pools
         self.hold = hold
         # Process items get each shared value as bytes pickled once, not once per item;
-        # a shared call in a process pickles its own value there when nobody else could
-        # want the value itself (no Runner of the user's to hold it).
+        # a value computed in a process stays as the bytes its worker pickled when nobody
+        # else could want the value itself (no Runner of the user's to hold it).
         self.ship = spec.kind == "process"
         self.dump_remotely = self.ship and spec.shared_kind == "process" and not hold
         self.queue: SimpleQueue[tuple[int, Any, Any, Any]] = SimpleQueue()
@@ -348,15 +348,16 @@ class _Loop:
         while True:
             while ahead is not None and self.open < window and self.first is None:
                 entry, ahead = ahead, next(entries, None)
-                self.next_key = _NOTHING if ahead is None else ahead[2]
+                self.next_key = _NOTHING if ahead is None or ahead[3] else ahead[2]
                 yield from self.admit(entry)
             self.pump()
             if not self.inflight:
                 if ahead is None or self.first is not None:
                     return
                 continue
-            # In a frame of its own, so that no message outlives its handling: the
-            # release rule drops values, and a local here must not keep one alive.
+            # Results wait until the pools have their next work: the consumer may take
+            # its time with each one. In a frame of its own, so that no message or
+            # result outlives its handling (the release rule drops values).
             yield from self.handle_all(take_batch(self.queue))
 
     def admit(self, entry: _Entry) -> Iterator[_Done]:
@@ -383,14 +384,24 @@ class _Loop:
         spec = self.spec
         ready = self.ready
         while ready and self.has_room(spec.kind):
+            if spec.kind == "inline" and not self.queue.empty():
+                return  # handle that outcome first: it may be the first failure
             self.start_item(*ready.popleft())
-        while self.wanted and self.has_room(spec.shared_kind):
+        # New shared values only while few items wait for a worker: values are made no
+        # faster than items consume them, so memory follows the keys in use.
+        while self.wanted and len(ready) < self.room(spec.kind):
+            if not self.has_room(spec.shared_kind):
+                return
             if spec.shared_kind == "inline" and not self.queue.empty():
                 return  # hand out the items of the value just computed before the next
             self.start_shared(self.wanted.popleft())
 
     def has_room(self, kind: str) -> bool:
         return kind == "inline" or self.busy[kind] < self.pools.get(kind).capacity
+
+    def room(self, kind: str) -> int:
+        """Items a pool of ``kind`` takes at once (1 for inline: one at a time)."""
+        return 1 if kind == "inline" else self.pools.get(kind).capacity
 
     def start_item(self, i: int, item: Any, k: Hashable) -> None:
         kind = self.spec.kind
@@ -425,17 +436,14 @@ class _Loop:
             return  # held or in flight elsewhere: ``done`` hears of it
         self.once.subscribe(cell, done)
         self.owned.add(k)
-        if self.dump_remotely:
-            calls: list[Call] = [(k, call_and_dump, (self.spec.shared, k), _NO_KWARGS, (), True)]
-        else:
-            calls = [(k, self.spec.shared, (k,), _NO_KWARGS, (), True)]
+        calls: list[Call] = [(k, self.spec.shared, (k,), _NO_KWARGS, (), True)]
         try:
             if kind == "inline":
                 ok, value = run_calls(calls, None, Exception)[0]
                 self.once.settle(cell, ok, value)
             else:
                 self.busy[kind] += 1
-                run_for(self.once, self.pools, [cell], calls)
+                run_for(self.once, self.pools, [cell], calls, raw=self.dump_remotely)
         except BaseException as exc:  # Ctrl-C: whoever joined the cell must not hang
             self.once.settle(cell, False, exc)
             raise
@@ -444,8 +452,10 @@ class _Loop:
         self.queue.put((_SHARED, k, ok, value))
 
     def handle_all(self, batch: list[tuple[int, Any, Any, Any]]) -> Iterator[_Done]:
-        for message in batch:
-            yield from self.handle(*message)
+        done = [d for message in batch for d in self.handle(*message)]
+        del batch
+        self.pump()
+        yield from done
 
     def handle(self, tag: int, ident: Any, a: Any, b: Any) -> Iterator[_Done]:
         self.inflight -= 1
@@ -479,8 +489,7 @@ class _Loop:
         if ok and self.ship:
             ok, value = self.pickled(k, value)
         if ok:
-            if k in self.need:
-                self.values[k] = value
+            self.values[k] = value
             if self.first is None:
                 self.ready.extend((i, item, k) for i, item in waiting)
             else:
@@ -494,7 +503,7 @@ class _Loop:
     def pickled(self, k: Hashable, value: Any) -> tuple[bool, Any]:
         """Return ``k``'s value pickled once for the process items, or why it cannot be."""
         if self.dump_remotely:
-            return True, Pickled(value)  # pickled by the worker that computed it
+            return True, value  # a Pickled: pickled by the worker that computed it
         try:
             return True, Pickled(dumps(value))
         except Exception as exc:
