@@ -23,6 +23,7 @@ bench: $(STAMP)         ## the full benchmarks (20-30 minutes on 2 cores)
 	$(BIN)/python bench/report.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/build_memory.py
+	$(BIN)/python bench/imap_memory.py
 	$(BIN)/python -m pytest bench/test_hotpaths.py -p no:cacheprovider
 
 lint: $(STAMP)
