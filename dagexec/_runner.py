@@ -169,14 +169,7 @@ class Runner:
             worker_of = current_thread_pool()
             on_our_thread = worker_of is not None and worker_of is self._pools.peek("thread")
             if kind == "inline" or (kind == "thread" and on_our_thread):
-                # Here rather than queued behind ourselves on our own pool. Only Exceptions
-                # are failures: Ctrl-C in the caller's thread is the caller's.
-                try:
-                    ok, value = run_calls(calls, None, Exception)[0]
-                except BaseException as exc:  # Ctrl-C or SystemExit: the caller's to handle
-                    self._once.settle(cell, False, exc)
-                    raise
-                self._once.settle(cell, ok, value)
+                run_here(self._once, cell, calls)  # not queued behind ourselves
             else:
                 run_for(self._once, self._pools, [cell], calls)
         return future
@@ -258,6 +251,20 @@ def take_batch(queue: SimpleQueue[T]) -> list[T]:
     while not queue.empty():
         batch.append(queue.get())
     return batch
+
+
+def run_here(once: OnceMap, cell: Cell, calls: list[Call]) -> None:
+    """Run a one-task unit in this thread for whoever waits on ``cell``; settle it.
+
+    Only Exceptions are task failures: Ctrl-C (or SystemExit) in the caller's thread is
+    the caller's, and fails the cell on its way out, so nobody waits on it forever.
+    """
+    try:
+        ok, value = run_calls(calls, None, Exception)[0]
+    except BaseException as exc:
+        once.settle(cell, False, exc)
+        raise
+    once.settle(cell, ok, value)
 
 
 def run_for(
@@ -560,10 +567,9 @@ class _Run:
                 # Only Exceptions are task failures here: Ctrl-C in the caller's thread
                 # stops the run, as it would stop the same code called directly.
                 outcomes = run_calls(calls, None, Exception)
-            elif task.kind == "process":
-                pool.submit(calls, self.sinks["process"], self.stop.is_set, None, self.raw(key))
             else:
-                pool.submit(calls, self.sinks[task.kind], self.stop.is_set, each)
+                raw = task.kind == "process" and self.raw(key)
+                pool.submit(calls, self.sinks[task.kind], self.stop.is_set, each, raw)
         except BaseException as exc:
             # No message will ever carry these calls: settle their cells here.
             for call in calls:

@@ -59,7 +59,7 @@ from ._pools import (
     run_calls,
 )
 from ._results import Results, RunStats
-from ._runner import Runner, run_for, take_batch, task_failed
+from ._runner import Runner, run_for, run_here, take_batch, task_failed
 
 __all__ = ["imap_shared", "map_shared"]
 
@@ -436,14 +436,13 @@ class _Loop:
             return  # held or in flight elsewhere: ``done`` hears of it
         self.once.subscribe(cell, done)
         self.owned.add(k)
-        calls: list[Call] = [(k, self.spec.shared, (k,), _NO_KWARGS, (), True)]
+        calls: list[Call] = [(k, task.fn, task.args, task.kwargs, (), True)]
+        if kind == "inline":
+            run_here(self.once, cell, calls)
+            return
+        self.busy[kind] += 1
         try:
-            if kind == "inline":
-                ok, value = run_calls(calls, None, Exception)[0]
-                self.once.settle(cell, ok, value)
-            else:
-                self.busy[kind] += 1
-                run_for(self.once, self.pools, [cell], calls, raw=self.dump_remotely)
+            run_for(self.once, self.pools, [cell], calls, raw=self.dump_remotely)
         except BaseException as exc:  # Ctrl-C: whoever joined the cell must not hang
             self.once.settle(cell, False, exc)
             raise

@@ -19,32 +19,27 @@ def test_readme_opens_with_exactly_two_commands() -> None:
     assert [c.split("#")[0].strip() for c in commands] == ["make demo", "make test"]
 
 
-def test_quick_start_runs(tmp_path: Path) -> None:
-    block = re.search(r"## Quick start\n\n```python\n(.*?)```", README.read_text(), re.S)
+def _run_section_example(tmp_path: Path, heading: str) -> str:
+    """Run the first Python block after ``heading`` beside two small sources; return stdout."""
+    block = re.search(rf"{heading}.*?```python\n(.*?)```", README.read_text(), re.S)
     assert block is not None
     (tmp_path / "a.py").write_text("for i in range(3):\n    print(i)\n")
     (tmp_path / "b.py").write_text("x = len([1])\nfor y in [x]:\n    pass\n")
-    (tmp_path / "quick.py").write_text(block.group(1))
+    (tmp_path / "example.py").write_text(block.group(1))
     out = subprocess.run(
-        [sys.executable, "quick.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_quick_start_runs(tmp_path: Path) -> None:
     # a.py: range() and print() calls, one loop; b.py: len() call, one loop.
-    assert out.stdout.strip() == "5"
+    assert _run_section_example(tmp_path, "## Quick start") == "5"
 
 
 def test_map_shared_example_runs(tmp_path: Path) -> None:
-    block = re.search(
-        r"## One call for the two-stage pattern.*?```python\n(.*?)```", README.read_text(), re.S
-    )
-    assert block is not None
-    (tmp_path / "a.py").write_text("for i in range(3):\n    print(i)\n")
-    (tmp_path / "b.py").write_text("x = len([1])\nfor y in [x]:\n    pass\n")
-    (tmp_path / "shared.py").write_text(block.group(1))
-    out = subprocess.run(
-        [sys.executable, "shared.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
     # (Call, For, Name) per file: a.py range(), print(), one loop, i/range/print/i;
     # b.py len(), one loop, x/len/y/x.
-    assert out.stdout.strip() == "[2, 1, 4, 1, 1, 4]"
+    output = _run_section_example(tmp_path, "## One call for the two-stage pattern")
+    assert output == "[2, 1, 4, 1, 1, 4]"
