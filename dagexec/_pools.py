@@ -277,20 +277,39 @@ def _process_entry(payload: bytes) -> list[tuple[bool, bytes]]:
     try:
         calls = cloudpickle.loads(payload)
     except Exception as exc:  # most often a module the worker cannot import
-        return [(False, dumps(_Unloadable(f"{type(exc).__name__}: {exc}")))]
+        return [(False, encode_failure(None, exc, loading=True))]
     out = []
     for i, (ok, value) in enumerate(run_calls(calls)):
         if not ok:
-            value = _Raised(value)
-        try:
-            out.append((ok, _dumps_result(value)))
-        except Exception as exc:
-            what = "returned an object that cannot be pickled"
-            detail = f"{type(value).__qualname__}: {exc}"
-            error = exc if _picklable(exc) else None
-            out.append((False, dumps(Unpicklable(calls[i][0], what, detail, error))))
+            out.append((False, encode_failure(calls[i][0], value)))
+            continue
+        ok, data = encode_result(calls[i][0], value)
+        out.append((ok, data))
+        if not ok:
             break
     return out
+
+
+def encode_failure(key: Hashable, exc: BaseException, loading: bool = False) -> bytes:
+    """Pickle a task's exception (with its traceback as text) for the caller.
+
+    ``loading``: the worker could not even unpickle the task (``decode_outcomes`` names
+    it and says what to do).
+    """
+    if loading:
+        return dumps(_Unloadable(f"{type(exc).__name__}: {exc}"))
+    return dumps(_Raised(exc))
+
+
+def encode_result(key: Hashable, value: Any) -> tuple[bool, bytes]:
+    """Pickle a task's value for the caller, or a failure saying it cannot be pickled."""
+    try:
+        return True, encode_value(value)
+    except Exception as exc:
+        what = "returned an object that cannot be pickled"
+        detail = f"{type(value).__qualname__}: {exc}"
+        error = exc if _picklable(exc) else None
+        return False, dumps(Unpicklable(key, what, detail, error))
 
 
 class _Unloadable:
@@ -345,7 +364,7 @@ def dumps(value: Any) -> bytes:
     return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
 
 
-def _dumps_result(value: Any) -> bytes:
+def encode_value(value: Any) -> bytes:
     """Pickle a value computed in a worker process, for the caller or another worker.
 
     Plain pickle first: several times faster than cloudpickle on plain data (an AST:
@@ -446,41 +465,67 @@ def _worker_died(exc: BaseException) -> WorkerDied:
 
 _DEPTH = 2  # units in flight per worker: the next one is on its way while one runs
 
+#: A process unit skipped because its run stopped before it started.
+SKIPPED: Any = object()
+
+#: Told how a unit ended, on whatever thread saw it end: ``(result, error, generation)``.
+#: ``result`` is what the worker function returned (``SKIPPED`` if it never started);
+#: ``error`` is set instead when the worker died running it (``WorkerDied``) or the
+#: pool was shut down; ``generation`` is the slot's worker generation it ran on.
+Finish = Callable[[Any, "BaseException | None", int], None]
+
+
+class _Work:
+    """A unit for a process worker: ``fn(*args)`` there, then ``finish``."""
+
+    __slots__ = ("args", "finish", "fn", "stop")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], finish: Finish, stop: Stop | None
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.finish = finish
+        self.stop = stop
+
 
 class _Slot:
     """One worker process: a single-worker loky executor, started on first use.
 
     ``load`` counts the units handed to it and not finished (at most ``_DEPTH``);
+    ``pending`` holds units placed on this worker (``place``) waiting for room;
     ``generation`` grows each time its executor is retired, so a unit submitted to a
-    retired executor is known to have died with it without running.
+    retired executor is known to have died with it without running, and a value kept
+    in a worker of an older generation is known to be gone.
     """
 
-    __slots__ = ("executor", "generation", "load")
+    __slots__ = ("executor", "generation", "load", "pending")
 
     def __init__(self) -> None:
         self.executor: ProcessPoolExecutor | None = None
         self.generation = 0
         self.load = 0
-
-
-_Pending = tuple[bytes, list[Call], Sink, "Stop | None", bool]
+        self.pending: deque[_Work] = deque()
 
 
 class _ProcessPool:
-    """Worker processes, at most ``_DEPTH`` call lists each; a dead worker is replaced.
+    """Worker processes, at most ``_DEPTH`` units each; a dead worker is replaced.
 
     Each slot is a single-worker loky executor that runs its units in order, so when a
     worker dies the unit it was running is known exactly: the oldest one in flight
-    there. Units behind it never started; they go to the replacement worker. Units wait
-    in ``_pending`` while every slot is full; a slot that finishes one takes the next
-    (on loky's callback thread).
+    there. Units behind it never started; they go to the replacement worker. A unit
+    goes to any worker (``submit``) or to a given one (``place``, for runs that keep
+    values in their workers); it waits in ``_pending`` or in its slot's ``pending``
+    while there is no room, and a slot that finishes a unit takes the next one (on
+    loky's callback thread).
     """
 
     def __init__(self, max_workers: int) -> None:
+        self.workers = max_workers
         self.capacity = _DEPTH * max_workers
         self._lock = threading.Lock()
         self._slots = [_Slot() for _ in range(max_workers)]
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[_Work] = deque()
         self._executors: list[ProcessPoolExecutor] = []
         self._closed = False
         self.bytes_sent = 0
@@ -502,40 +547,87 @@ class _ProcessPool:
         except Unpicklable as exc:
             sink(calls, [(False, exc)])
             return
-        item = (payload, calls, sink, stop, raw)
-        with self._lock:
-            self.bytes_sent += len(payload)
-            slot = min(self._slots, key=_slot_load)  # an idle worker before a busy one
-            if slot.load >= _DEPTH:
-                self._pending.append(item)
-                return
-            slot.load += 1
-        self._run_on(slot, item)
 
-    def _run_on(self, slot: _Slot, item: _Pending | None) -> None:
-        """Start ``item`` on ``slot``; one that cannot start is reported, and the next tried."""
-        while item is not None:
-            payload, calls, sink, stop, _ = item
-            if stop is not None and stop():
+        def finish(result: Any, error: BaseException | None, generation: int) -> None:
+            if result is SKIPPED:
                 sink(calls, [])  # its run stopped while it waited: never started
+            elif error is not None:
+                sink(calls, [(False, error)])
+            else:
+                self.received(sum(len(data) for _, data in result))
+                sink(calls, decode_outcomes(calls, result, raw))
+
+        self._put(None, _Work(_process_entry, (payload,), finish, stop), len(payload))
+
+    def place(
+        self,
+        slot: int,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        finish: Finish,
+        stop: Stop | None = None,
+        nbytes: int = 0,
+    ) -> None:
+        """Run ``fn(*args)`` on worker ``slot``, after the units placed there before it.
+
+        ``nbytes``: what the arguments weigh pickled, for the pool's byte count.
+        """
+        if self._closed:
+            raise RuntimeError("this Runner is shut down; create a new one")
+        self._put(slot, _Work(fn, args, finish, stop), nbytes)
+
+    def room(self, slot: int) -> int:
+        """Units worker ``slot`` can take before one has to wait (a hint; may race)."""
+        s = self._slots[slot]
+        return _DEPTH - s.load - len(s.pending)
+
+    def generation(self, slot: int) -> int:
+        """The generation of worker ``slot``: it grows each time that worker is replaced."""
+        return self._slots[slot].generation
+
+    def received(self, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_received += nbytes
+
+    def _put(self, index: int | None, work: _Work, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_sent += nbytes
+            if index is None:
+                slot = min(self._slots, key=_slot_load)  # an idle worker before a busy one
+                if slot.load >= _DEPTH:
+                    self._pending.append(work)
+                    return
+            else:
+                slot = self._slots[index]
+                if slot.load >= _DEPTH:
+                    slot.pending.append(work)
+                    return
+            slot.load += 1
+        self._run_on(slot, work)
+
+    def _run_on(self, slot: _Slot, work: _Work | None) -> None:
+        """Start ``work`` on ``slot``; one that cannot start is reported, and the next tried."""
+        while work is not None:
+            if work.stop is not None and work.stop():
+                work.finish(SKIPPED, None, slot.generation)
             else:
                 try:
-                    future, generation = self._submit(slot, payload)
+                    future, generation = self._submit(slot, work)
                 except Exception as exc:  # shut down
-                    sink(calls, [(False, exc)])
+                    work.finish(None, exc, slot.generation)
                 else:
-                    future.add_done_callback(partial(self._finished, slot, item, generation))
+                    future.add_done_callback(partial(self._finished, slot, work, generation))
                     return
-            item = self._next(slot)
+            work = self._next(slot)
 
-    def _submit(self, slot: _Slot, payload: bytes) -> tuple[Future[Any], int]:
+    def _submit(self, slot: _Slot, work: _Work) -> tuple[Future[Any], int]:
         """Submit to the slot's worker; one that broke while idle is replaced, not blamed."""
         future: Future[Any]
         try:
-            future = self._executor(slot).submit(_process_entry, payload)
+            future = self._executor(slot).submit(work.fn, *work.args)
         except BrokenExecutor as exc:
             self._lost(slot, exc)
-            future = self._executor(slot).submit(_process_entry, payload)
+            future = self._executor(slot).submit(work.fn, *work.args)
         return future, slot.generation
 
     def _executor(self, slot: _Slot) -> ProcessPoolExecutor:
@@ -560,40 +652,45 @@ class _ProcessPool:
             executor.shutdown(wait=False)
         return _worker_died(exc)
 
-    def _next(self, slot: _Slot) -> _Pending | None:
-        """Take the next pending unit for ``slot``, or give up the place it finished."""
+    def _next(self, slot: _Slot) -> _Work | None:
+        """Take the next unit for ``slot`` (its own first), or give up the place it had."""
         with self._lock:
+            if slot.pending:
+                return slot.pending.popleft()
             if self._pending:
                 return self._pending.popleft()
             slot.load -= 1
             return None
 
-    def _finished(self, slot: _Slot, item: _Pending, generation: int, future: Future[Any]) -> None:
-        _, calls, sink, _, raw = item
+    def _finished(self, slot: _Slot, work: _Work, generation: int, future: Future[Any]) -> None:
         exc = future.exception()
+        result: Any = None
+        error: BaseException | None = None
         if exc is None:
-            parts = future.result()
-            with self._lock:
-                self.bytes_received += sum(len(data) for _, data in parts)
-            outcomes = decode_outcomes(calls, parts, raw)
+            result = future.result()
         elif isinstance(exc, BrokenExecutor) and generation != slot.generation:
             # Its worker died running an older unit of this slot: it never started.
-            self._run_on(slot, item)
+            self._run_on(slot, work)
             return
         else:
-            outcomes = [(False, self._lost(slot, exc))]
+            error = self._lost(slot, exc)
         try:
             self._run_on(slot, self._next(slot))
         finally:
-            sink(calls, outcomes)
+            work.finish(result, error, generation)
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
             self._closed = True
             executors, self._executors = self._executors, []
-            pending, self._pending = list(self._pending), deque()
-        for _, calls, sink, _, _ in pending:
-            sink(calls, [(False, RuntimeError("the Runner was shut down before this task ran"))])
+            pending = list(self._pending)
+            self._pending.clear()
+            for slot in self._slots:
+                pending += slot.pending
+                slot.pending.clear()
+        shut = RuntimeError("the Runner was shut down before this task ran")
+        for work in pending:
+            work.finish(None, shut, -1)
         for executor in executors:
             executor.shutdown(wait=wait)
 
