@@ -791,6 +791,10 @@ class Pools:
                 pool = self._pools[kind] = self._create(kind)
         return pool
 
+    def owns(self, kind: str) -> bool:
+        """Say whether the pool for ``kind`` is our own (not an executor we were given)."""
+        return kind not in self._executors
+
     def peek(self, kind: str) -> Pool | None:
         """Return the pool for ``kind`` if it exists, without creating it."""
         return self._pools.get(kind)

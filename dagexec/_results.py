@@ -24,6 +24,13 @@ class RunStats:
         tasks_skipped: tasks not run because something they need failed.
         bytes_to_processes: bytes pickled and sent to this Runner's process workers.
         bytes_from_processes: bytes pickled and received from them.
+        values_kept: process task values that stayed in the worker that computed them,
+            never pickled (``Graph.run`` and ``map_shared`` on their own pools).
+        values_moved: values sent to a process worker that did not compute them (from
+            another worker or from the caller), each counted once per worker.
+        bytes_moved: those values' pickled bytes (part of ``bytes_to_processes``).
+        tasks_recomputed: tasks run again because the worker keeping their value died
+            before every task that needs it had read it.
     """
 
     wall_time: float
@@ -33,6 +40,10 @@ class RunStats:
     tasks_skipped: int
     bytes_to_processes: int = 0
     bytes_from_processes: int = 0
+    values_kept: int = 0
+    values_moved: int = 0
+    bytes_moved: int = 0
+    tasks_recomputed: int = 0
 
     def __str__(self) -> str:
         return (

@@ -30,20 +30,24 @@ from typing import Any, Literal, TypeVar
 
 from ._errors import DuplicateKeyError, TaskFailed, WorkerDied
 from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task, check_task, resolve_args, unhashable
+from ._locality import Local, UnitDone, _Fetched
 from ._once import Busy, Cell, Lineage, OnceMap
 from ._pools import (
+    SKIPPED,
     Call,
     Outcome,
     Pickled,
     Pool,
     Pools,
     Unpicklable,
+    _ProcessPool,
     current_thread_pool,
     dumps,
     run_calls,
 )
 from ._results import Results, RunStats
 from ._state import RunState
+from ._worker import FAILED, LOST, OK
 
 __all__ = ["Runner"]
 
@@ -52,6 +56,8 @@ T = TypeVar("T")
 _POLL = 0.1  # seconds the loop blocks at most, so Ctrl-C is handled promptly
 _PUMP_ORDER = ("inline", "thread", "process")
 _RETRY = "retry"  # the "kind" of a message asking to claim a key again
+_REDO = "redo"  # the tag of a unit that recomputes a value lost with its worker
+_MISSING = object()
 
 
 @contextmanager
@@ -398,6 +404,16 @@ class _Run:
         stop       set at that failure (or an abort): queued work and chains stop
         orphaned   set by abort(): outcomes then settle their cells on arrival
         batch      the messages being handled, for abort() to finish if interrupted
+        local      placement and kept values of process units (private runs on our own
+                   process pool; see ``_locality``), created with the first one
+
+    Recovery, when a value kept in a process worker died with it (lineage):
+        parked_on    key -> its lost inputs it waits for (the key is not started)
+        parked_by    lost key -> keys parked on it
+        redoing      key being recomputed -> its own inputs still being recovered
+        redo_waiters key -> keys whose recomputation waits for it
+        restored     recomputed values the run had already released, kept only for
+                     the recomputations that need them (``restored_need`` counts those)
     """
 
     def __init__(
@@ -439,6 +455,16 @@ class _Run:
         # Values sent to several process tasks, pickled once (dropped with the value).
         self.shipped: dict[Hashable, Pickled] = {}
         self.read_here: set[Hashable] | None = None  # see raw()
+        self.read_there: set[Hashable] = set()  # keys with a process dependent (see raw())
+        self.local: Local | None = None
+        self.localize = self.private and self.pools.owns("process")
+        self.parked_on: dict[Hashable, set[Hashable]] = {}
+        self.parked_by: dict[Hashable, list[Hashable]] = {}
+        self.redoing: dict[Hashable, int] = {}
+        self.redo_waiters: dict[Hashable, list[Hashable]] = {}
+        self.restored: dict[Hashable, Any] = {}
+        self.restored_need: dict[Hashable, int] = {}
+        self.recomputed = 0
 
     def execute(self) -> Results:
         """Drive the run to its end and return its Results (or raise its first failure)."""
@@ -447,6 +473,9 @@ class _Run:
         except BaseException as exc:  # Ctrl-C, or an inline task's SystemExit
             self.abort(exc)
             raise
+        finally:
+            if self.local is not None:
+                self.local.close()  # the workers forget this run's values
         return self.results()
 
     def loop(self) -> None:
@@ -476,6 +505,8 @@ class _Run:
         self.stop.set()
         for keys in self.waiting.values():
             keys.clear()
+        if self.local is not None:
+            self.local.clear()
         if self.private:
             return  # nobody else can wait on anything of this run
         with self.orphan_lock:
@@ -507,12 +538,15 @@ class _Run:
             return  # stopping: nothing new starts
         tasks = self.tasks
         waiting = self.waiting
-        if first:
-            for key in reversed(keys):
-                waiting[tasks[key].kind].appendleft(key)
-        else:
-            for key in keys:
-                waiting[tasks[key].kind].append(key)
+        localize = self.localize
+        for key in reversed(keys) if first else keys:
+            task = tasks[key]
+            if localize and task.kind == "process":
+                self.local_units().enqueue(key, task.preds, first)
+            elif first:
+                waiting[task.kind].appendleft(key)
+            else:
+                waiting[task.kind].append(key)
 
     def pump(self) -> None:
         """Hand waiting keys to their pools up to capacity; run inline ones right here."""
@@ -536,6 +570,12 @@ class _Run:
                 if self.start(keys.popleft(), pool) is not None:
                     free -= 1
             self.busy[kind] = capacity - free
+        local = self.local
+        if local is not None:
+            if self.first is None:
+                local.pump(self.start_local, self.inputs_of)
+            self.inflight += local.issued
+            local.issued = 0
 
     def start(self, key: Hashable, pool: Pool | None) -> Any:
         """Claim ``key``, chain its followers and start them; return what was started."""
@@ -590,13 +630,225 @@ class _Run:
         state = self.state
         if not self.private or state.keep_all or key in state.targets:
             return False
+        return key not in self.readers()
+
+    def readers(self) -> set[Hashable]:
+        """Return the keys read by a task that is not a process task (built once).
+
+        ``read_there`` gets the keys read by a process task at the same time.
+        """
         if self.read_here is None:
-            # Keys with a dependent that is not a process task (built once, if needed).
             tasks = self.tasks
-            self.read_here = {
-                dep for k in state.run_keys if tasks[k].kind != "process" for dep in tasks[k].preds
-            }
-        return key not in self.read_here
+            self.read_here = set()
+            for k in self.state.run_keys:
+                task = tasks[k]
+                (self.read_there if task.kind == "process" else self.read_here).update(task.preds)
+        return self.read_here
+
+    # -- process units that run where their inputs are (see _locality) ----------------
+
+    def local_units(self) -> Local:
+        """Return the run's Local, created with its first process unit."""
+        if self.local is None:
+            pool = self.pools.get("process")
+            assert isinstance(pool, _ProcessPool)
+            self.local = Local(pool, self.post_local, self.stop.is_set)
+            self.state.released = []
+        return self.local
+
+    def post_local(self, message: UnitDone | _Fetched) -> None:
+        self.queue.put(([], [], message))  # type: ignore[arg-type]
+
+    def inputs_of(self, unit: Hashable) -> tuple[Hashable, ...]:
+        key = unit.key if type(unit) is _Redo else unit
+        return self.tasks[key].preds
+
+    def start_local(self, unit: Hashable, slot: int) -> None:
+        """Start a process unit on worker ``slot``, unless an input has to come first.
+
+        An input lost with its worker parks the unit until it is recomputed; one that
+        lives in another worker is fetched first (the unit is queued again then).
+        """
+        local = self.local
+        assert local is not None
+        redo = type(unit) is _Redo
+        key = unit.key if redo else unit  # type: ignore[attr-defined]
+        task = self.tasks[key]
+        lost = [d for d in task.preds if not self.has_value(d)]
+        if lost:
+            if redo:
+                self.restore_inputs(key, lost)
+            else:
+                self.park(key, lost)
+            return
+        if local.fetch_for(unit, task.preds, slot):
+            return
+        values = self.value_of
+        if task.refs:
+            args, kwargs = resolve_args(
+                task.args, task.kwargs, task.refs, _OnSlot(local, values, slot)
+            )
+        else:
+            args, kwargs = task.args, task.kwargs
+        self.readers()
+        keep = key in self.read_there
+        state = self.state
+        send = not keep or state.keep_all or key in state.targets or key in self.read_here  # type: ignore[operator]
+        local.run(
+            slot, [(key, task.fn, args, kwargs, (), True)], keep, send, _REDO if redo else None
+        )
+        self.inflight += 1
+
+    def value_of(self, key: Hashable) -> Any:
+        value = self.state.values.get(key, _MISSING)
+        return self.restored[key] if value is _MISSING else value
+
+    def has_value(self, key: Hashable) -> bool:
+        """Say whether ``key``'s value is at hand (here, or in a live worker)."""
+        if key not in self.state.values and key not in self.restored:
+            return False
+        return self.local is None or not self.local.lost(key)
+
+    def handle_local(self, message: UnitDone | _Fetched) -> None:
+        """Record how a process unit (or a fetch for one) of a local run ended."""
+        local = self.local
+        assert local is not None
+        if type(message) is _Fetched:
+            for unit, slot in local.fetched(message):
+                if slot is None:
+                    local.enqueue(unit, self.inputs_of(unit), True)
+                else:
+                    local.at[slot].appendleft(unit)
+            return
+        done: UnitDone = message  # type: ignore[assignment]
+        key = done.calls[0][0]
+        redo = done.tag == _REDO
+        if done.status == LOST:  # an input was not in its worker: place it again
+            local.lose(done.value, done.slot)
+            local.enqueue(_Redo(key) if redo else key, self.tasks[key].preds, True)
+            return
+        if done.status is None and done.value is SKIPPED:
+            return  # the run stopped before it started
+        local.ran(done, key)
+        if done.status == OK:
+            remote = done.remote
+            value = remote if remote is not None and remote.data is None else done.value
+            if redo:
+                self.restored_value(key, value)
+            else:
+                self.ran += 1
+                self.state.finish(key, value)
+            return
+        self.ran += 0 if redo else 1
+        if redo:
+            self.redo_failed(key, done.value)
+        else:
+            self.fail(key, done.value)
+
+    def release_local(self) -> None:
+        """Workers forget the values the run has just released."""
+        released = self.state.released
+        if released and self.local is not None:
+            for key in released:
+                if key not in self.restored:
+                    self.local.release(key)
+            released.clear()
+
+    # -- recomputing values lost with a worker (lineage) --------------------------------
+
+    def park(self, key: Hashable, lost: list[Hashable]) -> None:
+        """Hold ``key`` until its lost inputs are recomputed."""
+        self.parked_on[key] = set(lost)
+        for dep in lost:
+            self.parked_by.setdefault(dep, []).append(key)
+            self.restore(dep)
+
+    def restore(self, key: Hashable) -> None:
+        """Recompute ``key``, after whichever of its own inputs are gone too."""
+        if key in self.redoing:
+            return
+        missing = [d for d in self.tasks[key].preds if not self.has_value(d)]
+        self.restore_inputs(key, missing)
+
+    def restore_inputs(self, key: Hashable, missing: list[Hashable]) -> None:
+        self.redoing[key] = len(missing)
+        for dep in missing:
+            self.redo_waiters.setdefault(dep, []).append(key)
+            self.restore(dep)
+        if not missing:
+            self.start_redo(key)
+
+    def start_redo(self, key: Hashable) -> None:
+        """Run ``key`` again; its outcome is a UnitDone tagged ``_REDO``."""
+        task = self.tasks[key]
+        if task.kind == "process" and self.local is not None:
+            self.local.enqueue(_Redo(key), task.preds, True)
+            return
+        args, kwargs = resolve_args(task.args, task.kwargs, task.refs, _Values(self.value_of))
+        calls: list[Call] = [(key, task.fn, args, kwargs, (), True)]
+        self.inflight += 1
+        if task.kind == "inline":
+            self.redo_sink(calls, run_calls(calls, None, Exception))
+        else:
+            self.pools.get(task.kind).submit(calls, self.redo_sink, self.stop.is_set)
+
+    def redo_sink(self, calls: list[Call], outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            self.post_local(UnitDone(calls, -1, _REDO, None, SKIPPED))
+            return
+        ok, value = outcomes[0]
+        self.post_local(UnitDone(calls, -1, _REDO, OK if ok else FAILED, value))
+
+    def restored_value(self, key: Hashable, value: Any) -> None:
+        """A lost value is back: start what waited for it."""
+        self.recomputed += 1
+        del self.redoing[key]
+        waiters = self.redo_waiters.pop(key, [])
+        if key in self.state.values:
+            self.state.values[key] = value
+        else:
+            self.restored[key] = value
+            self.restored_need[key] = len(waiters)
+        for dep in self.tasks[key].preds:  # a restored input nothing else needs now
+            need = self.restored_need.get(dep)
+            if need is not None:
+                if need > 1:
+                    self.restored_need[dep] = need - 1
+                else:
+                    del self.restored_need[dep], self.restored[dep]
+                    if self.local is not None:
+                        self.local.release(dep)
+        for waiter in waiters:
+            self.redoing[waiter] -= 1
+            if not self.redoing[waiter]:
+                self.start_redo(waiter)
+        for unit in self.parked_by.pop(key, []):
+            lost = self.parked_on[unit]
+            lost.discard(key)
+            if not lost:
+                del self.parked_on[unit]
+                self.enqueue([unit])
+
+    def redo_failed(self, key: Hashable, exc: BaseException) -> None:
+        """Recomputing ``key`` failed: whatever waited for it fails."""
+        failed = task_failed(key, exc)
+        stack = [key]
+        while stack:
+            k = stack.pop()
+            self.redoing.pop(k, None)
+            stack += self.redo_waiters.pop(k, [])
+            for unit in self.parked_by.pop(k, []):
+                if self.parked_on.pop(unit, None) is not None:
+                    err = TaskFailed(
+                        unit,
+                        f"could not run: its input {k!r} was lost with its process worker "
+                        f"and recomputing {key!r} failed",
+                    )
+                    err.__cause__ = failed
+                    self.state.fail(unit, err)
+                    if self.fail_fast and self.first is None:
+                        self.first = err
+                        self.stop.set()
 
     def claim_followers(self, chain: list[Hashable]) -> list[Hashable]:
         """Own the cells of a chain's followers; cut it before a key someone else has."""
@@ -697,6 +949,9 @@ class _Run:
         private = self.private
         ready: list[Hashable] = []
         for calls, outcomes, kind in batch:
+            if kind is not None and type(kind) is not str:
+                self.handle_local(kind)  # type: ignore[arg-type]
+                continue
             if kind == _RETRY:
                 ready.append(calls[0][0])
                 continue
@@ -732,6 +987,8 @@ class _Run:
             elif len(outcomes) <= last and cells:
                 self.release_or_run(calls, outcomes)
         ready += state.ready()
+        if state.released:
+            self.release_local()
         return ready
 
     def release_or_run(self, calls: list[Call], outcomes: list[Outcome]) -> None:
@@ -773,6 +1030,8 @@ class _Run:
         if self.fail_fast and self.first is None:
             self.first = failed
             self.stop.set()
+            if self.local is not None:
+                self.local.clear()
 
     def results(self) -> Results:
         state = self.state
@@ -784,6 +1043,7 @@ class _Run:
                 for chain in chains:
                     skipped[chain[0]] = errors[key]
         sent, received = self.pools.process_stats()
+        local = self.local
         stats = RunStats(
             wall_time=time.perf_counter() - self.started,
             tasks_run=self.ran,
@@ -792,9 +1052,50 @@ class _Run:
             tasks_skipped=len(skipped),
             bytes_to_processes=sent - self.bytes_before[0],
             bytes_from_processes=received - self.bytes_before[1],
+            values_kept=local.kept if local is not None else 0,
+            values_moved=local.moved if local is not None else 0,
+            bytes_moved=local.bytes_moved if local is not None else 0,
+            tasks_recomputed=self.recomputed,
         )
         results = Results(state.target_values(), errors, skipped, stats)
         if self.first is not None:
             self.first.results = results
             raise self.first
         return results
+
+
+class _Redo:
+    """A unit that recomputes ``key`` (lost with its worker), in Local's queues."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+
+
+class _Values(Mapping[Hashable, Any]):
+    """Values looked up through a function (the run's values, then restored ones)."""
+
+    def __init__(self, get: Callable[[Hashable], Any]) -> None:
+        self.get_value = get
+
+    def __getitem__(self, key: Hashable) -> Any:
+        return self.get_value(key)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+
+class _OnSlot(_Values):
+    """A process unit's inputs as worker ``slot`` receives them (held, moved or sent)."""
+
+    def __init__(self, local: Local, get: Callable[[Hashable], Any], slot: int) -> None:
+        super().__init__(get)
+        self.local = local
+        self.slot = slot
+
+    def __getitem__(self, key: Hashable) -> Any:
+        return self.local.arg(key, self.get_value(key), self.slot)

@@ -14,6 +14,8 @@ Glossary of state fields:
     targets    keys whose values the run returns
     fused      keys already handed out inside a chain segment; ``ready()`` skips them
     errors     key -> exception, for the tasks that failed
+    released   when a list: keys whose values ``finish`` dropped, for the caller to
+               release wherever else it keeps them (process workers)
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class RunState:
         self.values: dict[Hashable, Any] = {k: held[k] for k in self.reused}
         self.errors: dict[Hashable, BaseException] = {}
         self.fused: set[Hashable] = set()
+        self.released: list[Hashable] | None = None
 
     def _plan(self, held: Mapping[Hashable, Any]) -> dict[Hashable, None]:
         """Collect the keys to run: targets and their ancestors, stopping at held keys."""
@@ -175,6 +178,8 @@ class RunState:
                 del remaining[dep]
                 if dep not in self.targets:
                     self.values.pop(dep, None)
+                    if self.released is not None:
+                        self.released.append(dep)
 
     def fail(self, key: Hashable, error: BaseException) -> None:
         """Record that ``key`` failed; its dependents will never become ready."""

@@ -172,12 +172,24 @@ def unpickles_seen(value: Counted, i: int) -> int:
     return Counted.unpickles
 
 
-def test_tasks_reading_one_value_in_one_worker_unpickle_it_once() -> None:
+def test_tasks_reading_a_value_in_the_worker_that_made_it_never_unpickle_it() -> None:
     g = dagexec.Graph(default_kind="process")
     v = g.add("v", make, 7)
     for i in range(6):
         g.add(("seen", i), unpickles_seen, v, i)
     results = g.run(max_workers=1)
+    assert [results[("seen", i)] for i in range(6)] == [0] * 6  # kept there, as it was
+
+
+def test_on_a_given_executor_tasks_in_one_worker_unpickle_a_value_once() -> None:
+    from loky import ProcessPoolExecutor
+
+    g = dagexec.Graph(default_kind="process")
+    v = g.add("v", make, 7)
+    for i in range(6):
+        g.add(("seen", i), unpickles_seen, v, i)
+    with ProcessPoolExecutor(max_workers=1) as executor:
+        results = g.run(executors={"process": executor})
     assert [results[("seen", i)] for i in range(6)] == [1] * 6
 
 

@@ -1,0 +1,398 @@
+"""Locality: process tasks run where their inputs are, and values stay in their workers.
+
+A run that owns its process pool (``Graph.run``, ``map_shared`` without a runner) gives
+each process unit a worker (a *slot*) of its own choosing through ``Local``::
+
+    ready unit ──enqueue──▶ at[slot holding most of its input bytes] or anywhere
+                                 │ pump: each slot takes its own units first, then any
+                                 ▼
+                 run_unit(drops, calls with Held/Moved inputs, keep, send) on that slot
+                                 │ UnitDone through the run's queue
+                                 ▼
+                 value kept there (Remote in the run) and/or sent back pickled
+
+A worker with nothing to do takes a unit queued for a busy one when the wait it saves
+is worth moving the unit's inputs (``_worth_moving``); inputs that only live in another
+worker are fetched from there first (``fetch_value``), then sent along (``Moved``) and
+kept where they arrive. When a value's last reader has finished, its token goes to
+every worker holding it with the next unit for that worker, or alone if the worker is
+idle (``drops``).
+
+``Local`` is owned by the run's loop thread, like the rest of the run's state; pools
+only call ``finish`` callbacks, which post a ``UnitDone`` to the run's queue.
+
+Glossary:
+    remotes   key -> Remote: the copies of the key's value in workers (and its bytes
+              when the caller has them)
+    at        slot -> units waiting for that worker; ``anywhere``: units with no held input
+    drops     slot -> tokens that worker should forget with its next unit
+    moving    unit -> (slot it is moving to, tokens still being fetched for it)
+    fetching  token -> units waiting for that value's bytes
+    bound     slot -> units moving to it (an idle worker waits for them, steals no more)
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from contextlib import suppress
+from typing import Any
+
+from ._pools import (
+    _DEPTH,
+    SKIPPED,
+    Call,
+    Unpicklable,
+    _ProcessPool,
+    decode_outcomes,
+    dumps,
+    encode_calls,
+)
+from ._worker import FAILED, LOST, OK, Held, Moved, Remote, Token, fetch_value, run_unit
+
+__all__ = ["Local", "UnitDone"]
+
+_UNKNOWN = 1.0  # seconds a unit is assumed to take before one has finished
+_MOVE_RATE = 200e6  # bytes per second a value moves at (pickle, pipe, unpickle): cautious
+_tokens = itertools.count()
+
+
+def new_token() -> Token:
+    return (os.getpid(), next(_tokens))
+
+
+class UnitDone:
+    """How a unit placed by ``Local`` ended, as posted to its run's queue.
+
+    ``status`` is OK, FAILED, LOST (an input was not in its worker: ``value`` is its
+    token), or None when it never ran (``value`` is SKIPPED or the pool's error).
+    For OK, ``value`` is the value sent back (or None) and ``remote`` the handle on
+    the copy kept in the worker (or None).
+    """
+
+    __slots__ = ("calls", "remote", "seconds", "slot", "status", "tag", "value")
+
+    def __init__(
+        self, calls: list[Call], slot: int, tag: Any, status: int | None, value: Any
+    ) -> None:
+        self.calls = calls
+        self.slot = slot
+        self.tag = tag
+        self.status = status
+        self.value = value
+        self.remote: Remote | None = None
+        self.seconds = 0.0
+
+
+class _Fetched:
+    """A value's bytes fetched from a worker (``data``), or why not (``status``)."""
+
+    __slots__ = ("data", "key", "status")
+
+    def __init__(self, key: Hashable, status: int | None, data: Any) -> None:
+        self.key = key
+        self.status = status
+        self.data = data
+
+
+class Local:
+    """Placement, kept values and moves for the process units of one run."""
+
+    def __init__(
+        self, pool: _ProcessPool, post: Callable[[Any], None], stop: Callable[[], bool]
+    ) -> None:
+        self.pool = pool
+        self.post = post
+        self.stop = stop
+        n = pool.workers
+        self.at: list[deque[Hashable]] = [deque() for _ in range(n)]
+        self.anywhere: deque[Hashable] = deque()
+        self.drops: list[list[Token]] = [[] for _ in range(n)]
+        self.remotes: dict[Hashable, Remote] = {}
+        self.moving: dict[Hashable, tuple[int, set[Hashable]]] = {}
+        self.fetching: dict[Hashable, list[Hashable]] = {}
+        self.unmovable: set[Hashable] = set()
+        self.bound = [0] * n
+        self.issued = 0  # fetches started, for the run to count as in flight
+        self.mean = _UNKNOWN
+        self.kept = 0  # values kept in the worker that computed them, never sent
+        self.moved = 0  # values sent to a worker that did not compute them
+        self.bytes_moved = 0
+
+    # -- where values are ---------------------------------------------------------------
+
+    def valid(self, remote: Remote, slot: int) -> bool:
+        """Say whether worker ``slot`` still has its copy (it has not been replaced)."""
+        return remote.holders.get(slot) == self.pool.generation(slot)
+
+    def holder(self, remote: Remote) -> int | None:
+        """Return a worker with a valid copy of the value, if any."""
+        for slot in remote.holders:
+            if self.valid(remote, slot):
+                return slot
+        return None
+
+    def lost(self, key: Hashable) -> bool:
+        """Say whether ``key``'s value only lived in workers that have died since."""
+        remote = self.remotes.get(key)
+        return remote is not None and remote.data is None and self.holder(remote) is None
+
+    def where(self, inputs: Iterable[Hashable]) -> int | None:
+        """Return the worker holding the most bytes of ``inputs``, or None."""
+        weight: dict[int, int] = {}
+        remotes = self.remotes
+        for key in inputs:
+            remote = remotes.get(key)
+            if remote is None:
+                continue
+            for slot in remote.holders:
+                if self.valid(remote, slot):
+                    weight[slot] = weight.get(slot, 0) + remote.size + 1
+        return max(weight, key=weight.__getitem__) if weight else None
+
+    # -- waiting units --------------------------------------------------------------------
+
+    def enqueue(self, unit: Hashable, inputs: Iterable[Hashable], first: bool) -> None:
+        """Queue a ready unit for the worker holding most of its inputs (or any worker)."""
+        slot = self.where(inputs)
+        queue = self.anywhere if slot is None else self.at[slot]
+        if first:
+            queue.appendleft(unit)
+        else:
+            queue.append(unit)
+
+    def clear(self) -> None:
+        """Forget every waiting unit (the run is stopping)."""
+        for queue in self.at:
+            queue.clear()
+        self.anywhere.clear()
+
+    def pump(
+        self,
+        start: Callable[[Hashable, int], None],
+        inputs_of: Callable[[Hashable], Iterable[Hashable]],
+    ) -> None:
+        """Hand waiting units to workers with room: their own first, then any unit."""
+        pool = self.pool
+        anywhere = self.anywhere
+        for slot in sorted(range(pool.workers), key=pool.room, reverse=True):
+            own = self.at[slot]
+            room = pool.room(slot)
+            while room > 0 and (own or anywhere) and not self.stop():
+                start(own.popleft() if own else anywhere.popleft(), slot)
+                room -= 1
+        if not anywhere:
+            self.steal(start, inputs_of)
+        self.flush(idle_only=True)
+
+    def steal(
+        self,
+        start: Callable[[Hashable, int], None],
+        inputs_of: Callable[[Hashable], Iterable[Hashable]],
+    ) -> None:
+        """Give an idle worker a unit queued for a busy one, when moving it pays."""
+        pool = self.pool
+        for slot in range(pool.workers):
+            if pool.room(slot) < pool_depth(pool) or self.bound[slot] or self.at[slot]:
+                continue  # not idle, or work is on its way to it
+            victim = max(range(pool.workers), key=lambda s: len(self.at[s]))
+            backlog = self.at[victim]
+            if not backlog:
+                return
+            unit = backlog[-1]  # the one its holder would reach last
+            inputs = [k for k in inputs_of(unit) if k in self.remotes]
+            if any(k in self.unmovable for k in inputs):
+                continue
+            size = sum(
+                self.remotes[k].size for k in inputs if not self.valid(self.remotes[k], slot)
+            )
+            if not _worth_moving(len(backlog), self.mean, size):
+                continue
+            backlog.pop()
+            if not self.fetch_for(unit, inputs, slot):
+                start(unit, slot)
+
+    def fetch_for(self, unit: Hashable, inputs: Iterable[Hashable], slot: int) -> bool:
+        """Fetch the inputs worker ``slot`` lacks and only other workers have.
+
+        Returns whether ``unit`` now waits for them (it is queued for ``slot`` when they
+        arrive); False when it can start on ``slot`` right away.
+        """
+        need = set()
+        for key in inputs:
+            remote = self.remotes.get(key)
+            if remote is None or remote.data is not None or self.valid(remote, slot):
+                continue
+            holder = self.holder(remote)
+            if holder is None:
+                continue  # lost: the run recomputes it when the unit starts
+            need.add(key)
+            if key not in self.fetching:
+                self.fetching[key] = []
+                self.fetch(key, remote, holder)
+            self.fetching[key].append(unit)
+        if not need:
+            return False
+        self.moving[unit] = (slot, need)
+        self.bound[slot] += 1
+        return True
+
+    def fetch(self, key: Hashable, remote: Remote, holder: int) -> None:
+        def finish(result: Any, error: BaseException | None, generation: int) -> None:
+            if result is SKIPPED or error is not None:
+                self.post(_Fetched(key, None, error))
+                return
+            status, data = result
+            if status == OK:
+                self.pool.received(len(data))
+            self.post(_Fetched(key, status, data))
+
+        drops = self.take_drops(holder)
+        self.issued += 1
+        self.pool.place(holder, fetch_value, (drops, remote.token), finish)
+
+    def fetched(self, done: _Fetched) -> list[tuple[Hashable, int | None]]:
+        """Record fetched bytes; return the units to queue again, with their slot."""
+        remote = self.remotes.get(done.key)
+        units = self.fetching.pop(done.key, [])
+        if remote is not None and done.status == OK:
+            remote.data = done.data
+            remote.size = len(done.data)
+        elif done.status == FAILED:  # it cannot be pickled: its readers go to it
+            self.unmovable.add(done.key)
+        out: list[tuple[Hashable, int | None]] = []
+        for unit in units:
+            slot, need = self.moving[unit]
+            need.discard(done.key)
+            if need and done.status == OK:
+                continue
+            del self.moving[unit]
+            self.bound[slot] -= 1
+            out.append((unit, slot if done.status == OK else None))
+        return out
+
+    # -- units ----------------------------------------------------------------------------
+
+    def arg(self, key: Hashable, value: Any, slot: int) -> Any:
+        """Return ``key``'s value as a unit on worker ``slot`` should carry it."""
+        remote = self.remotes.get(key)
+        if remote is None:
+            try:  # a value of the caller's: pickled once, kept by each worker it goes to
+                remote = self.remotes[key] = Remote(new_token(), dumps(value))
+            except Exception:
+                return value  # the unit's own pickling fails, naming its task
+        if self.valid(remote, slot):
+            return Held(remote.token)
+        if remote.data is None:
+            raise AssertionError(f"{key!r} is neither in worker {slot} nor fetched")
+        remote.holders[slot] = self.pool.generation(slot)
+        self.moved += 1
+        self.bytes_moved += len(remote.data)
+        return Moved(remote.token, remote.data)
+
+    def run(self, slot: int, calls: list[Call], keep: bool, send: bool, tag: Any) -> None:
+        """Run a one-call unit on worker ``slot``; its ``UnitDone`` is posted with ``tag``."""
+        token = new_token() if keep else None
+
+        def finish(result: Any, error: BaseException | None, generation: int) -> None:
+            if result is SKIPPED or error is not None:
+                self.post(UnitDone(calls, slot, tag, None, error or SKIPPED))
+                return
+            status, data, size, seconds = result
+            if status == OK:
+                value = None
+                if data is not None:
+                    self.pool.received(len(data))
+                    ok, value = decode_outcomes(calls, [(True, data)])[0]
+                    if not ok:
+                        status = FAILED
+                if status == OK and token is not None:
+                    remote = Remote(token, data, size)
+                    remote.holders[slot] = generation
+                    done = UnitDone(calls, slot, tag, OK, value)
+                    done.remote = remote
+                else:
+                    done = UnitDone(calls, slot, tag, status, value)
+            elif status == FAILED:
+                self.pool.received(len(data))
+                done = UnitDone(
+                    calls, slot, tag, FAILED, decode_outcomes(calls, [(False, data)])[0][1]
+                )
+            else:
+                done = UnitDone(calls, slot, tag, LOST, data)
+            done.seconds = seconds
+            self.post(done)
+
+        try:
+            body = encode_calls(calls)
+        except Unpicklable as exc:
+            self.post(UnitDone(calls, slot, tag, FAILED, exc))
+            return
+        drops = self.take_drops(slot)
+        self.pool.place(slot, run_unit, (drops, body, token, send), finish, self.stop, len(body))
+
+    def ran(self, done: UnitDone, key: Hashable | None) -> None:
+        """Account a finished unit; keep its value's handle under ``key``."""
+        if done.seconds:
+            self.mean += (done.seconds - self.mean) * 0.2
+        if done.status == OK and done.remote is not None and key is not None:
+            self.remotes[key] = done.remote
+            if done.remote.data is None:
+                self.kept += 1
+
+    def lose(self, token: Token, slot: int) -> None:
+        """Forget worker ``slot``'s copy of the value named ``token`` (it was not there)."""
+        for remote in self.remotes.values():
+            if remote.token == token:
+                remote.holders.pop(slot, None)
+                return
+
+    # -- releasing ------------------------------------------------------------------------
+
+    def release(self, key: Hashable) -> None:
+        """``key``'s last reader has finished: its workers forget it."""
+        remote = self.remotes.pop(key, None)
+        if remote is None:
+            return
+        for slot in remote.holders:
+            if self.valid(remote, slot):
+                self.drops[slot].append(remote.token)
+
+    def take_drops(self, slot: int) -> tuple[Token, ...]:
+        drops = tuple(self.drops[slot])
+        self.drops[slot].clear()
+        return drops
+
+    def flush(self, idle_only: bool = False) -> None:
+        """Send pending drops to idle workers (to every worker unless ``idle_only``)."""
+        pool = self.pool
+        for slot, drops in enumerate(self.drops):
+            if drops and (not idle_only or pool.room(slot) == pool_depth(pool)):
+                pool.place(slot, fetch_value, (self.take_drops(slot), None), _ignore)
+
+    def close(self) -> None:
+        """The run is over: every worker forgets every value it kept for it."""
+        for key in list(self.remotes):
+            self.release(key)
+        with suppress(RuntimeError):  # shut down: the workers are gone with their values
+            self.flush()
+
+
+def pool_depth(pool: _ProcessPool) -> int:
+    return _DEPTH
+
+
+def _ignore(result: Any, error: BaseException | None, generation: int) -> None:
+    """A drop-only unit: nobody waits for it."""
+
+
+def _worth_moving(backlog: int, mean: float, size: int) -> bool:
+    """Say whether an idle worker should take one of ``backlog`` units queued elsewhere.
+
+    It saves about half the backlog's time (the two workers share it) and costs
+    moving ``size`` bytes, paid twice over: the holder pickles them while its own
+    units wait, and the idle worker unpickles them.
+    """
+    return backlog * mean / 2 > 2 * size / _MOVE_RATE
