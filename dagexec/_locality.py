@@ -163,6 +163,10 @@ class Local:
         else:
             queue.append(unit)
 
+    def waiting(self) -> int:
+        """Return how many units wait for a worker (or for their inputs to arrive)."""
+        return sum(map(len, self.at)) + len(self.anywhere) + len(self.moving)
+
     def clear(self) -> None:
         """Forget every waiting unit (the run is stopping)."""
         for queue in self.at:

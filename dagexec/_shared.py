@@ -27,6 +27,12 @@ State fields:
     busy      kind -> units handed to that pool and not reported yet
     inflight  units whose message has not arrived (items, shared calls, retries)
     next_key  the key of the item read ahead from the iterator, not admitted yet
+    local     with process items on the map's own pool: placement and values kept in
+              workers (see ``_locality``); ``units`` holds its items by index
+
+With ``local``, a process shared value stays in the worker that computed it and its
+items run there (or where it was moved to); a value lost with its worker is computed
+again (``recomputed``), its items waiting for it as for a new key.
 """
 
 from __future__ import annotations
@@ -46,26 +52,30 @@ import cloudpickle
 
 from ._errors import TaskFailed
 from ._graph import _NO_KWARGS, KINDS, _Task
+from ._locality import Local, UnitDone, _Fetched
 from ._once import Busy, OnceMap
 from ._pools import (
+    SKIPPED,
     Call,
     Outcome,
     Pickled,
     Pool,
     Pools,
     Unpicklable,
+    _ProcessPool,
     current_thread_pool,
     dumps,
     run_calls,
 )
 from ._results import Results, RunStats
 from ._runner import Runner, run_for, run_here, take_batch, task_failed
+from ._worker import LOST, OK
 
 __all__ = ["imap_shared", "map_shared"]
 
 R = TypeVar("R")
 
-_ITEM, _SHARED, _RETRY = 0, 1, 2
+_ITEM, _SHARED, _RETRY, _LOCAL = 0, 1, 2, 3
 _NOTHING = object()  # no item read ahead
 
 #: (index, item, key, the item's failure before it could start or None)
@@ -306,6 +316,8 @@ def _stream(
             yield from loop.run(entries, window)
     finally:
         loop.stop.set()  # queued work is skipped, whatever ended the loop
+        if loop.local is not None:
+            loop.local.close()  # the workers forget the map's values
         if own is not None:
             own.shutdown(wait=True)
     if loop.first is not None:
@@ -342,6 +354,13 @@ class _Loop:
         self.ran = 0  # calls of fn and shared made for this map
         self.reused = 0  # shared values held by the Runner or computed by another caller
         self.sinks = {kind: partial(self.item_sink, kind) for kind in ("thread", "process")}
+        self.local: Local | None = None
+        if self.ship and not hold and pools.owns("process"):
+            pool = pools.get("process")
+            assert isinstance(pool, _ProcessPool)
+            self.local = Local(pool, self.post_local, self.stop.is_set)
+        self.units: dict[Hashable, tuple[Any, Hashable]] = {}
+        self.recomputed = 0
 
     def run(self, entries: Iterator[_Entry], window: int) -> Iterator[_Done]:
         ahead = next(entries, None)
@@ -381,6 +400,9 @@ class _Loop:
         """Hand out ready items first, then start shared calls while their pool has room."""
         if self.first is not None:
             return
+        if self.local is not None:
+            self.pump_local()
+            return
         spec = self.spec
         ready = self.ready
         while ready and self.has_room(spec.kind):
@@ -395,6 +417,110 @@ class _Loop:
             if spec.shared_kind == "inline" and not self.queue.empty():
                 return  # hand out the items of the value just computed before the next
             self.start_shared(self.wanted.popleft())
+
+    def pump_local(self) -> None:
+        """Hand items to the workers holding their values; new shared calls after them."""
+        local = self.local
+        assert local is not None
+        for i, item, k in self.ready:
+            self.units[i] = (item, k)
+            local.enqueue(i, (k,), False)
+        self.ready.clear()
+        spec = self.spec
+        capacity = local.pool.capacity
+        while self.wanted and local.waiting() < capacity:
+            if spec.shared_kind == "process":
+                k = self.wanted.popleft()
+                self.owned.add(k)
+                local.enqueue(_Shared(k), (), False)
+            elif self.has_room(spec.shared_kind):
+                if spec.shared_kind == "inline" and not self.queue.empty():
+                    break
+                self.start_shared(self.wanted.popleft())
+            else:
+                break
+        local.pump(self.start_local, self.inputs_of)
+        self.inflight += local.issued
+        local.issued = 0
+
+    def inputs_of(self, unit: Hashable) -> tuple[Hashable, ...]:
+        return () if type(unit) is _Shared else (self.units[unit][1],)
+
+    def start_local(self, unit: Hashable, slot: int) -> None:
+        """Start an item (or a process shared call) on worker ``slot``."""
+        local = self.local
+        assert local is not None
+        spec = self.spec
+        if type(unit) is _Shared:
+            k = unit.key
+            calls: list[Call] = [(k, spec.shared, (k,), _NO_KWARGS, (), True)]
+            local.run(slot, calls, True, False, _SHARED)
+            self.inflight += 1
+            return
+        item, k = self.units[unit]
+        if k not in self.values or local.lost(
+            k
+        ):  # its worker died with it: compute it again, the item waits
+            del self.units[unit]
+            self.values.pop(k, None)
+            local.remotes.pop(k, None)
+            if k not in self.waiting:
+                self.waiting[k] = []
+                self.wanted.appendleft(k)
+                self.recomputed += 1
+            self.waiting[k].append((unit, item))  # type: ignore[arg-type]
+            return
+        if local.fetch_for(unit, (k,), slot):
+            return
+        del self.units[unit]
+        value = local.arg(k, self.values[k], slot)
+        calls = [((unit, k), spec.fn, (item, value), _NO_KWARGS, (), True)]
+        local.run(slot, calls, False, True, _ITEM)
+        self.inflight += 1
+
+    def post_local(self, message: UnitDone | _Fetched) -> None:
+        self.queue.put((_LOCAL, None, message, None))
+
+    def handle_local(self, message: UnitDone | _Fetched) -> Iterator[_Done]:
+        local = self.local
+        assert local is not None
+        if type(message) is _Fetched:
+            for unit, slot in local.fetched(message):
+                if slot is None:
+                    local.enqueue(unit, self.inputs_of(unit), True)
+                else:
+                    local.at[slot].appendleft(unit)
+            return
+        done: UnitDone = message  # type: ignore[assignment]
+        if done.tag == _SHARED:
+            yield from self.shared_unit_done(done)
+            return
+        ident: tuple[int, Hashable] = done.calls[0][0]  # type: ignore[assignment]
+        i, k = ident
+        if done.status == LOST:  # the value was not in its worker: place the item again
+            local.lose(done.value, done.slot)
+            self.units[i] = (done.calls[0][2][0], k)
+            local.enqueue(i, (k,), True)
+            return
+        local.ran(done, None)
+        if done.status is None:
+            outcomes: list[Outcome] = [] if done.value is SKIPPED else [(False, done.value)]
+        else:
+            outcomes = [(done.status == OK, done.value)]
+        yield from self.handle_item((i, k), outcomes, None)
+
+    def shared_unit_done(self, done: UnitDone) -> Iterator[_Done]:
+        local = self.local
+        assert local is not None
+        k = done.calls[0][0]
+        self.owned.discard(k)
+        if done.status is None and done.value is SKIPPED:
+            self.waiting.pop(k, None)
+            return
+        local.ran(done, k)
+        self.ran += 1
+        ok = done.status == OK
+        yield from self.handle_shared(k, ok, done.remote if ok else done.value)
 
     def has_room(self, kind: str) -> bool:
         return kind == "inline" or self.busy[kind] < self.pools.get(kind).capacity
@@ -462,6 +588,8 @@ class _Loop:
             yield from self.handle_item(ident, a, b)
         elif tag == _SHARED:
             yield from self.handle_shared(ident, a, b)
+        elif tag == _LOCAL:
+            yield from self.handle_local(a)
         elif self.first is None:  # _RETRY: the other computation of the key is done
             self.wanted.appendleft(ident)
 
@@ -485,7 +613,7 @@ class _Loop:
             if self.spec.shared_kind != "inline":
                 self.busy[self.spec.shared_kind] -= 1
         waiting = self.waiting.pop(k, [])
-        if ok and self.ship:
+        if ok and self.ship and self.local is None:
             ok, value = self.pickled(k, value)
         if ok:
             self.values[k] = value
@@ -526,6 +654,10 @@ class _Loop:
             for _, _, k in self.ready:
                 self.finish(k)
             self.ready.clear()
+            if self.local is not None:
+                for unit in list(self.units):
+                    self.finish(self.units.pop(unit)[1])
+                self.local.clear()
             self.wanted.clear()  # their items stay in ``waiting``; never started
         return i, False, failed
 
@@ -539,3 +671,14 @@ class _Loop:
         del self.need[k]
         self.values.pop(k, None)
         self.failed.pop(k, None)
+        if self.local is not None:
+            self.local.release(k)
+
+
+class _Shared:
+    """A process shared call waiting for a worker, in Local's queues."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key

@@ -57,23 +57,40 @@ def test_inline_items_stop_starting_at_the_first_failure() -> None:
 
 
 def test_a_process_shared_value_that_cannot_be_pickled_says_so() -> None:
-    """Process to process, the value is pickled in the worker (call_and_dump): its error
-    must read like the thread-shared case, not like shared() itself raised."""
-    out = dagexec.map_shared(
-        first_of,
-        [1],
-        shared=unpicklable,
-        key=lambda i: 0,
-        kind="process",
-        shared_kind="process",
-        return_exceptions=True,
-        max_workers=1,
-    )
+    """Process to process on a given executor, the value is pickled in the worker: its
+    error must read like the thread-shared case, not like shared() itself raised."""
+    from loky import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1) as executor:
+        out = dagexec.map_shared(
+            first_of,
+            [1],
+            shared=unpicklable,
+            key=lambda i: 0,
+            kind="process",
+            shared_kind="process",
+            return_exceptions=True,
+            executors={"process": executor},
+        )
 
     failed = out[0]
     assert isinstance(failed, TaskFailed)
     assert "cannot be pickled" in str(failed), str(failed)
     assert "kind='thread'" in str(failed), str(failed)
+
+
+def test_a_process_shared_value_that_cannot_be_pickled_is_read_where_it_was_made() -> None:
+    """On dagexec's own pool the value stays in its worker: it never has to be pickled."""
+    out = dagexec.map_shared(
+        first_of,
+        [1, 2, 3],
+        shared=unpicklable,
+        key=lambda i: 0,
+        kind="process",
+        shared_kind="process",
+        max_workers=2,
+    )
+    assert out == [1, 2, 3]
 
 
 def test_imap_keeps_the_pool_busy_while_the_consumer_holds_a_result() -> None:
