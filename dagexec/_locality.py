@@ -268,6 +268,8 @@ class Local:
             self.unmovable.add(done.key)
         out: list[tuple[Hashable, int | None]] = []
         for unit in units:
+            if unit not in self.moving:
+                continue  # already sent back by the failed fetch of another input
             slot, need = self.moving[unit]
             need.discard(done.key)
             if need and done.status == OK:
