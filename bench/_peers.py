@@ -1,7 +1,8 @@
 """The same fan-out job (``_workloads.Job``) written the way each peer's user would write it.
 
 Every variant takes ``(job, workers)`` and returns an ``Outcome``: the result of every
-(file, check) pair, the wall time of the job, and extras (bytes moved, start-up time).
+(file, check) pair, the wall time of the job, and extras (dagexec's ``RunStats`` figures
+and the pickled size of the values it returned, a cluster's start-up time).
 ``workers`` is the one worker count every variant gets: ``max_workers`` of executors,
 ``num_workers`` of dask, ``n_jobs`` of joblib, ``n_workers`` (one thread each) of a
 distributed ``LocalCluster``.
@@ -21,6 +22,7 @@ once back and once per check.
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -32,6 +34,21 @@ from typing import Any
 from _workloads import Job, check, check_item, item_file, parse, parse_shared
 
 Results = dict[tuple[int, int], int]
+
+# ``RunStats`` fields that a dagexec Graph variant records in its outcome. Those of the
+# process kinds: ``values_kept``
+# stayed in the worker that computed them, ``values_moved`` were sent to a worker that
+# did not (``bytes_moved`` of them, inside ``bytes_to_processes``), ``tasks_recomputed``
+# ran again because a worker died holding their value.
+STATS = (
+    "tasks_run",
+    "bytes_to_processes",
+    "bytes_from_processes",
+    "values_kept",
+    "values_moved",
+    "bytes_moved",
+    "tasks_recomputed",
+)
 
 
 @dataclass
@@ -171,16 +188,11 @@ def _dagexec_graph(kind: str, job: Job, workers: int) -> Outcome:
                 g.add(("check", i, r), check, job, value, i, r, kind=kind)
         res = g.run(max_workers=workers)
         results = {(i, r): res["check", i, r] for i, r in job.pairs()}
-    stats = res.stats
-    return Outcome(
-        results,
-        clock.wall_s,
-        {
-            "bytes_to_processes": stats.bytes_to_processes,
-            "bytes_from_processes": stats.bytes_from_processes,
-            "tasks_run": stats.tasks_run,
-        },
+    extra: dict[str, Any] = {name: getattr(res.stats, name) for name in STATS}
+    extra["returned_bytes"] = sum(
+        len(pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL)) for v in res.values()
     )
+    return Outcome(results, clock.wall_s, extra)
 
 
 def dagexec_graph_thread(job: Job, workers: int) -> Outcome:

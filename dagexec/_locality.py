@@ -199,7 +199,7 @@ class Local:
         """Give an idle worker a unit queued for a busy one, when moving it pays."""
         pool = self.pool
         for slot in range(pool.workers):
-            if pool.room(slot) < pool_depth(pool) or self.bound[slot] or self.at[slot]:
+            if pool.room(slot) < _DEPTH or self.bound[slot] or self.at[slot]:
                 continue  # not idle, or work is on its way to it
             victim = max(range(pool.workers), key=lambda s: len(self.at[s]))
             backlog = self.at[victim]
@@ -375,7 +375,7 @@ class Local:
         """Send pending drops to idle workers (to every worker unless ``idle_only``)."""
         pool = self.pool
         for slot, drops in enumerate(self.drops):
-            if drops and (not idle_only or pool.room(slot) == pool_depth(pool)):
+            if drops and (not idle_only or pool.room(slot) == _DEPTH):
                 pool.place(slot, fetch_value, (self.take_drops(slot), None), _ignore)
 
     def close(self) -> None:
@@ -384,10 +384,6 @@ class Local:
             self.release(key)
         with suppress(RuntimeError):  # shut down: the workers are gone with their values
             self.flush()
-
-
-def pool_depth(pool: _ProcessPool) -> int:
-    return _DEPTH
 
 
 def _ignore(result: Any, error: BaseException | None, generation: int) -> None:
