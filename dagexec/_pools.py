@@ -464,6 +464,8 @@ def _worker_died(exc: BaseException) -> WorkerDied:
 
 
 _DEPTH = 2  # units in flight per worker: the next one is on its way while one runs
+_DEEP = 8  # ... when units are short: a unit's round trip takes about a millisecond
+_SHORT_UNIT = 0.005  # seconds: units shorter than this on average get the deep queue
 
 #: A process unit skipped because its run stopped before it started.
 SKIPPED: Any = object()
@@ -492,7 +494,8 @@ class _Work:
 class _Slot:
     """One worker process: a single-worker loky executor, started on first use.
 
-    ``load`` counts the units handed to it and not finished (at most ``_DEPTH``);
+    ``load`` counts the units handed to it and not finished (at most the pool's
+    ``depth``);
     ``pending`` holds units placed on this worker (``place``) waiting for room;
     ``generation`` grows each time its executor is retired, so a unit submitted to a
     retired executor is known to have died with it without running, and a value kept
@@ -509,7 +512,7 @@ class _Slot:
 
 
 class _ProcessPool:
-    """Worker processes, at most ``_DEPTH`` units each; a dead worker is replaced.
+    """Worker processes, at most ``depth`` units each; a dead worker is replaced.
 
     Each slot is a single-worker loky executor that runs its units in order, so when a
     worker dies the unit it was running is known exactly: the oldest one in flight
@@ -523,6 +526,8 @@ class _ProcessPool:
     def __init__(self, max_workers: int) -> None:
         self.workers = max_workers
         self.capacity = _DEPTH * max_workers
+        self.depth = _DEPTH
+        self._mean = _UNKNOWN  # seconds a unit runs, smoothed (told by ``observe``)
         self._lock = threading.Lock()
         self._slots = [_Slot() for _ in range(max_workers)]
         self._pending: deque[_Work] = deque()
@@ -579,7 +584,23 @@ class _ProcessPool:
     def room(self, slot: int) -> int:
         """Units worker ``slot`` can take before one has to wait (a hint; may race)."""
         s = self._slots[slot]
-        return _DEPTH - s.load - len(s.pending)
+        return self.depth - s.load - len(s.pending)
+
+    def idle(self, slot: int) -> bool:
+        """Say whether worker ``slot`` has nothing to run (a hint; may race)."""
+        s = self._slots[slot]
+        return not s.load and not s.pending
+
+    def observe(self, seconds: float) -> None:
+        """Hear how long a unit ran in its worker; short units get a deeper queue.
+
+        A unit's round trip (driver, pipe, worker, back) costs about a millisecond, so
+        a worker running units shorter than that waits for its next one unless several
+        are queued there; long units need no depth, and a shallow queue leaves the
+        order of work (and where it runs) to the caller for longer.
+        """
+        self._mean += (seconds - self._mean) * 0.2  # racy on purpose: a hint
+        self.depth = _DEEP if self._mean < _SHORT_UNIT else _DEPTH
 
     def generation(self, slot: int) -> int:
         """The generation of worker ``slot``: it grows each time that worker is replaced."""
@@ -594,12 +615,12 @@ class _ProcessPool:
             self.bytes_sent += nbytes
             if index is None:
                 slot = min(self._slots, key=_slot_load)  # an idle worker before a busy one
-                if slot.load >= _DEPTH:
+                if slot.load >= self.depth:
                     self._pending.append(work)
                     return
             else:
                 slot = self._slots[index]
-                if slot.load >= _DEPTH:
+                if slot.load >= self.depth:
                     slot.pending.append(work)
                     return
             slot.load += 1

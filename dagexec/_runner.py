@@ -694,9 +694,8 @@ class _Run:
         keep = key in self.read_there
         state = self.state
         send = not keep or state.keep_all or key in state.targets or key in self.read_here  # type: ignore[operator]
-        local.run(
-            slot, [(key, task.fn, args, kwargs, (), True)], keep, send, _REDO if redo else None
-        )
+        fn = local.function(task.fn, slot)
+        local.run(slot, [(key, fn, args, kwargs, (), True)], keep, send, _REDO if redo else None)
         self.inflight += 1
 
     def value_of(self, key: Hashable) -> Any:

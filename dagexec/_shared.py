@@ -453,7 +453,8 @@ class _Loop:
         spec = self.spec
         if type(unit) is _Shared:
             k = unit.key
-            calls: list[Call] = [(k, spec.shared, (k,), _NO_KWARGS, (), True)]
+            shared = local.function(spec.shared, slot)
+            calls: list[Call] = [(k, shared, (k,), _NO_KWARGS, (), True)]
             local.run(slot, calls, True, False, _SHARED)
             self.inflight += 1
             return
@@ -474,7 +475,8 @@ class _Loop:
             return
         del self.units[unit]
         value = local.arg(k, self.values[k], slot)
-        calls = [((unit, k), spec.fn, (item, value), _NO_KWARGS, (), True)]
+        fn = local.function(spec.fn, slot)
+        calls = [((unit, k), fn, (item, value), _NO_KWARGS, (), True)]
         local.run(slot, calls, False, True, _ITEM)
         self.inflight += 1
 

@@ -14,7 +14,8 @@ A unit whose ``Held`` token is not in the store (its worker died and was replace
 reports ``LOST`` instead of running, and the caller recomputes the value.
 
 Glossary:
-    token    (caller pid, counter): names one value of one run
+    token    (caller pid, counter): names one value of one run; a negative counter
+             names a function, kept in the workers for the run like a value
     _store   token -> value, in each worker: what local runs keep there
 """
 
@@ -34,8 +35,11 @@ _store: dict[Token, Any] = {}
 
 
 def live_values() -> int:
-    """Return how many values this worker process keeps for runs (0 outside workers)."""
-    return len(_store)
+    """Return how many values this worker process keeps for runs (0 outside workers).
+
+    Functions kept for runs (negative token numbers) are not counted.
+    """
+    return sum(1 for token in _store if token[1] >= 0)
 
 
 class _Lost(Exception):

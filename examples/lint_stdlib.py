@@ -73,7 +73,7 @@ import dagexec
 
 Finding = tuple[str, str, int, str]
 Rule = Callable[[ast.Module], Iterable[tuple[int, str]]]
-Pair = tuple[str, Rule]
+Pair = tuple[str, str]  # (path, rule name): a name travels to a worker in a few bytes
 
 UNPARSEABLE = "unparseable"
 MAX_STATEMENTS = 50
@@ -400,25 +400,25 @@ RULES: tuple[Rule, ...] = (
     assert_tuple,
     fstring_without_placeholders,
 )
+RULES_BY_NAME: dict[str, Rule] = {rule.__name__: rule for rule in RULES}
 
 
 def check(pair: Pair, tree: ast.Module | None) -> list[Finding]:
-    """Run one rule on one file's tree; return its findings.
+    """Run one rule (by name) on one file's tree; return its findings.
 
     A tree of None (the file does not parse) is one ``unparseable`` finding, reported by
     the first rule only so that it counts once per file.
     """
-    path, rule = pair
+    path, name = pair
     if tree is None:
-        # By name: a rule shipped by value to a process worker is a copy.
-        first = rule.__name__ == RULES[0].__name__
+        first = name == RULES[0].__name__
         return [(path, UNPARSEABLE, 0, "file does not parse")] if first else []
-    return [(path, rule.__name__, lineno, message) for lineno, message in rule(tree)]
+    return [(path, name, lineno, message) for lineno, message in RULES_BY_NAME[name](tree)]
 
 
 def pairs_of(files: list[str]) -> list[Pair]:
-    """Return every (file, rule) pair, file by file."""
-    return [(path, rule) for path in files for rule in RULES]
+    """Return every (file, rule name) pair, file by file."""
+    return [(path, rule.__name__) for path in files for rule in RULES]
 
 
 # -- runners ---------------------------------------------------------------------------
@@ -430,7 +430,7 @@ def run_sequential(files: list[str]) -> list[Finding]:
     for path in files:
         tree = parse_file(path)
         for rule in RULES:
-            findings += check((path, rule), tree)
+            findings += check((path, rule.__name__), tree)
     return sorted(findings)
 
 
