@@ -40,6 +40,7 @@ from collections.abc import Callable, Hashable, Iterable
 from contextlib import suppress
 from typing import Any
 
+from ._errors import TaskFailed
 from ._pools import (
     SKIPPED,
     Call,
@@ -51,7 +52,7 @@ from ._pools import (
 )
 from ._worker import FAILED, LOST, OK, Held, Moved, Remote, Token, fetch_value, run_unit
 
-__all__ = ["Local", "UnitDone"]
+__all__ = ["CannotMove", "Local", "UnitDone"]
 
 _UNKNOWN = 1.0  # seconds a unit is assumed to take before one has finished
 _MOVE_RATE = 200e6  # bytes per second a value moves at (pickle, pipe, unpickle): cautious
@@ -87,6 +88,24 @@ class UnitDone:
         self.seconds = 0.0
 
 
+class CannotMove(Exception):
+    """A unit needs a value in another worker, and the value cannot be pickled."""
+
+    def __init__(self, key: Hashable, reason: str) -> None:
+        super().__init__(key, reason)
+        self.key = key
+        self.reason = reason
+
+    def failure(self, unit: Hashable) -> TaskFailed:
+        """Return the TaskFailed of ``unit``, saying why and what to do."""
+        return TaskFailed(
+            unit,
+            f"could not run: its inputs are kept in different process workers and "
+            f"{self.key!r} cannot be pickled to move ({self.reason}); return plain data "
+            f"from {self.key!r}, or use kind='thread'",
+        )
+
+
 class _Fetched:
     """A value's bytes fetched from a worker (``data``), or why not (``status``)."""
 
@@ -117,7 +136,7 @@ class Local:
         self.functions: dict[int, tuple[Callable[..., Any], Remote]] = {}
         self.moving: dict[Hashable, tuple[int, set[Hashable]]] = {}
         self.fetching: dict[Hashable, list[Hashable]] = {}
-        self.unmovable: set[Hashable] = set()
+        self.unmovable: dict[Hashable, str] = {}  # key -> why it cannot be pickled
         self.bound = [0] * n
         self.issued = 0  # fetches started, for the run to count as in flight
         self.mean = _UNKNOWN
@@ -151,6 +170,10 @@ class Local:
             remote = remotes.get(key)
             if remote is None:
                 continue
+            if key in self.unmovable:  # it cannot leave its worker: its readers go there
+                holder = self.holder(remote)
+                if holder is not None:
+                    return holder
             for slot in remote.holders:
                 if self.valid(remote, slot):
                     weight[slot] = weight.get(slot, 0) + remote.size + 1
@@ -236,6 +259,9 @@ class Local:
 
         Returns whether ``unit`` now waits for them (it is queued for ``slot`` when they
         arrive); False when it can start on ``slot`` right away.
+
+        Raises:
+            CannotMove: an input it needs there cannot be pickled.
         """
         need = set()
         for key in inputs:
@@ -245,6 +271,8 @@ class Local:
             holder = self.holder(remote)
             if holder is None:
                 continue  # lost: the run recomputes it when the unit starts
+            if key in self.unmovable:
+                raise CannotMove(key, self.unmovable[key])
             need.add(key)
             if key not in self.fetching:
                 self.fetching[key] = []
@@ -278,7 +306,7 @@ class Local:
             remote.data = done.data
             remote.size = len(done.data)
         elif done.status == FAILED:  # it cannot be pickled: its readers go to it
-            self.unmovable.add(done.key)
+            self.unmovable[done.key] = done.data
         out: list[tuple[Hashable, int | None]] = []
         for unit in units:
             if unit not in self.moving:
@@ -368,14 +396,18 @@ class Local:
         drops = self.take_drops(slot)
         self.pool.place(slot, run_unit, (drops, body, token, send), finish, self.stop, len(body))
 
-    def ran(self, done: UnitDone, key: Hashable | None) -> None:
-        """Account a finished unit; keep its value's handle under ``key``."""
+    def ran(self, done: UnitDone, key: Hashable | None, again: bool = False) -> None:
+        """Account a finished unit; keep its value's handle under ``key``.
+
+        ``again``: it recomputed a lost value (not counted as kept a second time).
+        """
         if done.seconds:
             self.mean += (done.seconds - self.mean) * 0.2
             self.pool.observe(done.seconds)
         if done.status == OK and done.remote is not None and key is not None:
             self.remotes[key] = done.remote
-            if done.remote.data is None:
+            self.unmovable.pop(key, None)
+            if done.remote.data is None and not again:
                 self.kept += 1
 
     def lose(self, token: Token, slot: int) -> None:

@@ -642,8 +642,15 @@ class _ProcessPool:
             work = self._next(slot)
 
     def _submit(self, slot: _Slot, work: _Work) -> tuple[Future[Any], int]:
-        """Submit to the slot's worker; one that broke while idle is replaced, not blamed."""
+        """Submit to the slot's worker; one that broke while idle is replaced, not blamed.
+
+        loky notices a dead worker tens of milliseconds after it died; a unit handed to
+        it in between would be blamed for its death. So a worker that was idle (the
+        unit is its only one) is looked at first: dead, it is replaced.
+        """
         future: Future[Any]
+        if slot.load == 1 and slot.executor is not None and not _alive(slot.executor):
+            self._lost(slot, BrokenExecutor("its worker died while idle"))
         try:
             future = self._executor(slot).submit(work.fn, *work.args)
         except BrokenExecutor as exc:
@@ -718,6 +725,17 @@ class _ProcessPool:
 
 def _slot_load(slot: _Slot) -> int:
     return slot.load
+
+
+def _alive(executor: ProcessPoolExecutor) -> bool:
+    """Say whether an executor's workers are all alive (not reaped: that is loky's job)."""
+    for process in list(getattr(executor, "_processes", {}).values()):
+        try:
+            if psutil.Process(process.pid).status() == psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            return False
+    return True
 
 
 class _ExecutorPool:

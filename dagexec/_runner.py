@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeVar
 
 from ._errors import DuplicateKeyError, TaskFailed, WorkerDied
 from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task, check_task, resolve_args, unhashable
-from ._locality import Local, UnitDone, _Fetched
+from ._locality import CannotMove, Local, UnitDone, _Fetched
 from ._once import Busy, Cell, Lineage, OnceMap
 from ._pools import (
     SKIPPED,
@@ -414,6 +414,8 @@ class _Run:
         redo_waiters key -> keys whose recomputation waits for it
         restored     recomputed values the run had already released, kept only for
                      the recomputations that need them (``restored_need`` counts those)
+        redo_errors  key -> (the key whose recomputation failed, its TaskFailed), for
+                     every key that can no longer be recomputed
     """
 
     def __init__(
@@ -464,6 +466,7 @@ class _Run:
         self.redo_waiters: dict[Hashable, list[Hashable]] = {}
         self.restored: dict[Hashable, Any] = {}
         self.restored_need: dict[Hashable, int] = {}
+        self.redo_errors: dict[Hashable, tuple[Hashable, TaskFailed]] = {}
         self.recomputed = 0
 
     def execute(self) -> Results:
@@ -681,7 +684,16 @@ class _Run:
             else:
                 self.park(key, lost)
             return
-        if local.fetch_for(unit, task.preds, slot):
+        try:
+            if local.fetch_for(unit, task.preds, slot):
+                return
+        except CannotMove as exc:
+            if redo:
+                self.redo_failed(key, exc.failure(key))
+            else:
+                failed = exc.failure(key)
+                self.state.fail(key, failed)
+                self.stop_at(failed)
             return
         values = self.value_of
         if task.refs:
@@ -728,7 +740,7 @@ class _Run:
             return
         if done.status is None and done.value is SKIPPED:
             return  # the run stopped before it started
-        local.ran(done, key)
+        local.ran(done, key, again=redo)
         if done.status == OK:
             remote = done.remote
             value = remote if remote is not None and remote.data is None else done.value
@@ -757,6 +769,10 @@ class _Run:
 
     def park(self, key: Hashable, lost: list[Hashable]) -> None:
         """Hold ``key`` until its lost inputs are recomputed."""
+        for dep in lost:
+            if dep in self.redo_errors:  # recomputing it failed already: not again
+                self.fail_parked(key, dep, *self.redo_errors[dep])
+                return
         self.parked_on[key] = set(lost)
         for dep in lost:
             self.parked_by.setdefault(dep, []).append(key)
@@ -764,12 +780,17 @@ class _Run:
 
     def restore(self, key: Hashable) -> None:
         """Recompute ``key``, after whichever of its own inputs are gone too."""
-        if key in self.redoing:
+        if key in self.redoing or key in self.redo_errors:
             return
         missing = [d for d in self.tasks[key].preds if not self.has_value(d)]
         self.restore_inputs(key, missing)
 
     def restore_inputs(self, key: Hashable, missing: list[Hashable]) -> None:
+        for dep in missing:
+            if dep in self.redo_errors:
+                self.redoing[key] = 0
+                self.cascade(key, *self.redo_errors[dep])
+                return
         self.redoing[key] = len(missing)
         for dep in missing:
             self.redo_waiters.setdefault(dep, []).append(key)
@@ -829,25 +850,38 @@ class _Run:
                 self.enqueue([unit])
 
     def redo_failed(self, key: Hashable, exc: BaseException) -> None:
-        """Recomputing ``key`` failed: whatever waited for it fails."""
-        failed = task_failed(key, exc)
-        stack = [key]
+        """Recomputing ``key`` failed: whatever waited for it fails, now and later.
+
+        The failure is remembered (``redo_errors``): a unit that finds the same value
+        lost later fails at once instead of recomputing it (and maybe killing another
+        worker) again.
+        """
+        self.cascade(key, key, exc if isinstance(exc, TaskFailed) else task_failed(key, exc))
+
+    def cascade(self, start: Hashable, key: Hashable, failed: TaskFailed) -> None:
+        """Fail ``start``'s recomputation and all that waits for it (``key`` failed)."""
+        stack = [start]
         while stack:
             k = stack.pop()
+            self.redo_errors[k] = (key, failed)
             self.redoing.pop(k, None)
             stack += self.redo_waiters.pop(k, [])
             for unit in self.parked_by.pop(k, []):
                 if self.parked_on.pop(unit, None) is not None:
-                    err = TaskFailed(
-                        unit,
-                        f"could not run: its input {k!r} was lost with its process worker "
-                        f"and recomputing {key!r} failed",
-                    )
-                    err.__cause__ = failed
-                    self.state.fail(unit, err)
-                    if self.fail_fast and self.first is None:
-                        self.first = err
-                        self.stop.set()
+                    self.fail_parked(unit, k, key, failed)
+
+    def fail_parked(
+        self, unit: Hashable, lost: Hashable, key: Hashable, failed: TaskFailed
+    ) -> None:
+        """Fail a unit whose input ``lost`` could not be recomputed (``key`` failed)."""
+        err = TaskFailed(
+            unit,
+            f"could not run: its input {lost!r} was lost with its process worker "
+            f"and recomputing {key!r} failed",
+        )
+        err.__cause__ = failed
+        self.state.fail(unit, err)
+        self.stop_at(err)
 
     def claim_followers(self, chain: list[Hashable]) -> list[Hashable]:
         """Own the cells of a chain's followers; cut it before a key someone else has."""
@@ -1026,6 +1060,10 @@ class _Run:
     def fail(self, key: Hashable, exc: BaseException) -> None:
         failed = task_failed(key, exc)
         self.state.fail(key, failed)
+        self.stop_at(failed)
+
+    def stop_at(self, failed: TaskFailed) -> None:
+        """Stop starting work at the first failure, when failing fast."""
         if self.fail_fast and self.first is None:
             self.first = failed
             self.stop.set()

@@ -52,7 +52,7 @@ import cloudpickle
 
 from ._errors import TaskFailed
 from ._graph import _NO_KWARGS, KINDS, _Task
-from ._locality import Local, UnitDone, _Fetched
+from ._locality import CannotMove, Local, UnitDone, _Fetched
 from ._once import Busy, OnceMap
 from ._pools import (
     SKIPPED,
@@ -471,7 +471,13 @@ class _Loop:
                 self.recomputed += 1
             self.waiting[k].append((unit, item))  # type: ignore[arg-type]
             return
-        if local.fetch_for(unit, (k,), slot):
+        try:
+            if local.fetch_for(unit, (k,), slot):
+                return
+        except CannotMove as exc:  # not expected: a single input is read where it is
+            del self.units[unit]
+            self.inflight += 1
+            self.queue.put((_ITEM, (unit, k), [(False, exc.failure((unit, k)))], None))
             return
         del self.units[unit]
         value = local.arg(k, self.values[k], slot)
@@ -515,6 +521,10 @@ class _Loop:
         local = self.local
         assert local is not None
         k = done.calls[0][0]
+        if done.status == LOST:  # its function was not in that worker: place it again
+            local.lose(done.value, done.slot)
+            local.enqueue(_Shared(k), (), True)
+            return
         self.owned.discard(k)
         if done.status is None and done.value is SKIPPED:
             self.waiting.pop(k, None)
