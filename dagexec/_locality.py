@@ -298,8 +298,11 @@ class Local:
         self.issued += 1
         self.pool.place(holder, fetch_value, (drops, remote.token), finish)
 
-    def fetched(self, done: _Fetched) -> list[tuple[Hashable, int | None]]:
-        """Record fetched bytes; return the units to queue again, with their slot."""
+    def fetched(self, done: _Fetched, inputs_of: Callable[[Hashable], Iterable[Hashable]]) -> None:
+        """Record fetched bytes; queue again the units that waited for them.
+
+        A unit whose fetch failed goes back to wherever its inputs are.
+        """
         remote = self.remotes.get(done.key)
         units = self.fetching.pop(done.key, [])
         if remote is not None and done.status == OK:
@@ -307,7 +310,6 @@ class Local:
             remote.size = len(done.data)
         elif done.status == FAILED:  # it cannot be pickled: its readers go to it
             self.unmovable[done.key] = done.data
-        out: list[tuple[Hashable, int | None]] = []
         for unit in units:
             if unit not in self.moving:
                 continue  # already sent back by the failed fetch of another input
@@ -317,8 +319,10 @@ class Local:
                 continue
             del self.moving[unit]
             self.bound[slot] -= 1
-            out.append((unit, slot if done.status == OK else None))
-        return out
+            if done.status == OK:
+                self.at[slot].appendleft(unit)
+            else:
+                self.enqueue(unit, inputs_of(unit), True)
 
     # -- units ----------------------------------------------------------------------------
 

@@ -493,11 +493,7 @@ class _Loop:
         local = self.local
         assert local is not None
         if type(message) is _Fetched:
-            for unit, slot in local.fetched(message):
-                if slot is None:
-                    local.enqueue(unit, self.inputs_of(unit), True)
-                else:
-                    local.at[slot].appendleft(unit)
+            local.fetched(message, self.inputs_of)
             return
         done: UnitDone = message  # type: ignore[assignment]
         if done.tag == _SHARED:
