@@ -702,10 +702,10 @@ class _Run:
             )
         else:
             args, kwargs = task.args, task.kwargs
-        self.readers()
-        keep = key in self.read_there
+        read_here = self.readers()
+        keep = key in self.read_there  # a process task reads it: it stays in the worker
         state = self.state
-        send = not keep or state.keep_all or key in state.targets or key in self.read_here  # type: ignore[operator]
+        send = not keep or state.keep_all or key in state.targets or key in read_here
         fn = local.function(task.fn, slot)
         local.run(slot, [(key, fn, args, kwargs, (), True)], keep, send, _REDO if redo else None)
         self.inflight += 1
