@@ -33,8 +33,6 @@ Glossary:
 
 from __future__ import annotations
 
-import itertools
-import os
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from contextlib import suppress
@@ -50,19 +48,23 @@ from ._pools import (
     dumps,
     encode_calls,
 )
-from ._worker import FAILED, LOST, OK, Held, Moved, Remote, Token, fetch_value, run_unit
+from ._worker import (
+    FAILED,
+    LOST,
+    OK,
+    Held,
+    Moved,
+    Remote,
+    Token,
+    fetch_value,
+    new_token,
+    run_unit,
+)
 
 __all__ = ["CannotMove", "Local", "UnitDone"]
 
 _UNKNOWN = 1.0  # seconds a unit is assumed to take before one has finished
 _MOVE_RATE = 200e6  # bytes per second a value moves at (pickle, pipe, unpickle): cautious
-_tokens = itertools.count()
-
-
-def new_token(code: bool = False) -> Token:
-    """Name a value (or, with ``code``, a function: its number is negative)."""
-    n = next(_tokens)
-    return (os.getpid(), -n - 1 if code else n)
 
 
 class UnitDone:

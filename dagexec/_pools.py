@@ -40,6 +40,7 @@ from loky import ProcessPoolExecutor
 
 from ._errors import WorkerDied
 from ._graph import KINDS, resolve_args
+from ._worker import new_token
 
 __all__ = ["Call", "Pickled", "Pools", "Unpicklable", "dumps", "run_calls"]
 
@@ -332,13 +333,12 @@ class Pickled:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-        self.token = (os.getpid(), next(_tokens))
+        self.token = new_token()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_load, (self.token, self.data))
 
 
-_tokens = itertools.count()
 _KEPT = 4  # values a worker keeps unpickled, most recently used first out last
 _kept: dict[tuple[int, int], Any] = {}
 _kept_lock = threading.Lock()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections import deque
+from collections import ChainMap, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError
 from contextlib import contextmanager
@@ -57,7 +57,6 @@ _POLL = 0.1  # seconds the loop blocks at most, so Ctrl-C is handled promptly
 _PUMP_ORDER = ("inline", "thread", "process")
 _RETRY = "retry"  # the "kind" of a message asking to claim a key again
 _REDO = "redo"  # the tag of a unit that recomputes a value lost with its worker
-_MISSING = object()
 
 
 @contextmanager
@@ -466,6 +465,7 @@ class _Run:
         self.redo_waiters: dict[Hashable, list[Hashable]] = {}
         self.restored: dict[Hashable, Any] = {}
         self.restored_need: dict[Hashable, int] = {}
+        self.known = ChainMap(self.state.values, self.restored)  # what inputs can read
         self.redo_errors: dict[Hashable, tuple[Hashable, TaskFailed]] = {}
         self.recomputed = 0
 
@@ -695,10 +695,9 @@ class _Run:
                 self.state.fail(key, failed)
                 self.stop_at(failed)
             return
-        values = self.value_of
         if task.refs:
             args, kwargs = resolve_args(
-                task.args, task.kwargs, task.refs, _OnSlot(local, values, slot)
+                task.args, task.kwargs, task.refs, _OnSlot(local, self.known, slot)
             )
         else:
             args, kwargs = task.args, task.kwargs
@@ -710,13 +709,9 @@ class _Run:
         local.run(slot, [(key, fn, args, kwargs, (), True)], keep, send, _REDO if redo else None)
         self.inflight += 1
 
-    def value_of(self, key: Hashable) -> Any:
-        value = self.state.values.get(key, _MISSING)
-        return self.restored[key] if value is _MISSING else value
-
     def has_value(self, key: Hashable) -> bool:
         """Say whether ``key``'s value is at hand (here, or in a live worker)."""
-        if key not in self.state.values and key not in self.restored:
+        if key not in self.known:
             return False
         return self.local is None or not self.local.lost(key)
 
@@ -746,10 +741,10 @@ class _Run:
                 self.ran += 1
                 self.state.finish(key, value)
             return
-        self.ran += 0 if redo else 1
         if redo:
             self.redo_failed(key, done.value)
         else:
+            self.ran += 1
             self.fail(key, done.value)
 
     def release_local(self) -> None:
@@ -800,7 +795,7 @@ class _Run:
         if task.kind == "process" and self.local is not None:
             self.local.enqueue(_Redo(key), task.preds, True)
             return
-        args, kwargs = resolve_args(task.args, task.kwargs, task.refs, _Values(self.value_of))
+        args, kwargs = resolve_args(task.args, task.kwargs, task.refs, self.known)
         calls: list[Call] = [(key, task.fn, args, kwargs, (), True)]
         self.inflight += 1
         if task.kind == "inline":
@@ -1106,29 +1101,22 @@ class _Redo:
         self.key = key
 
 
-class _Values(Mapping[Hashable, Any]):
-    """Values looked up through a function (the run's values, then restored ones)."""
+class _OnSlot(Mapping[Hashable, Any]):
+    """A process unit's inputs as worker ``slot`` receives them (held, moved or sent).
 
-    def __init__(self, get: Callable[[Hashable], Any]) -> None:
-        self.get_value = get
+    Only looked up by key (``resolve_args``).
+    """
 
-    def __getitem__(self, key: Hashable) -> Any:
-        return self.get_value(key)
-
-    def __iter__(self) -> Iterator[Hashable]:
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-
-class _OnSlot(_Values):
-    """A process unit's inputs as worker ``slot`` receives them (held, moved or sent)."""
-
-    def __init__(self, local: Local, get: Callable[[Hashable], Any], slot: int) -> None:
-        super().__init__(get)
+    def __init__(self, local: Local, values: Mapping[Hashable, Any], slot: int) -> None:
         self.local = local
+        self.inputs = values
         self.slot = slot
 
     def __getitem__(self, key: Hashable) -> Any:
-        return self.local.arg(key, self.get_value(key), self.slot)
+        return self.local.arg(key, self.inputs[key], self.slot)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self.inputs)
+
+    def __len__(self) -> int:
+        return len(self.inputs)

@@ -21,15 +21,26 @@ Glossary:
 
 from __future__ import annotations
 
+import itertools
+import os
 import pickle
 import sys
 from time import perf_counter
 from typing import Any
 
-__all__ = ["FAILED", "LOST", "OK", "Held", "Moved", "Remote", "live_values"]
+__all__ = ["FAILED", "LOST", "OK", "Held", "Moved", "Remote", "live_values", "new_token"]
 
 Token = tuple[int, int]
 OK, FAILED, LOST = 0, 1, 2
+
+_tokens = itertools.count()
+
+
+def new_token(code: bool = False) -> Token:
+    """Name a value (or, with ``code``, a function: its number is negative)."""
+    n = next(_tokens)
+    return (os.getpid(), -n - 1 if code else n)
+
 
 _store: dict[Token, Any] = {}
 
@@ -121,7 +132,7 @@ def run_unit(
     ``decode_outcomes``; a lost input as ``LOST`` with its token. ``size`` estimates a
     kept value's bytes; ``seconds`` is how long the call ran.
     """
-    from ._pools import encode_failure, encode_result
+    from ._pools import encode_failure, encode_result, run_calls
 
     for token in drops:
         _store.pop(token, None)
@@ -132,7 +143,7 @@ def run_unit(
     except Exception as exc:  # most often a module the worker cannot import
         return FAILED, encode_failure(None, exc, loading=True), 0, 0.0
     started = perf_counter()
-    ok, value = run_calls_here(calls)
+    ok, value = run_calls(calls)[0]
     elapsed = perf_counter() - started
     if not ok:
         return FAILED, encode_failure(calls[0][0], value), 0, elapsed
@@ -144,15 +155,6 @@ def run_unit(
     if not ok and keep is not None:
         del _store[keep]
     return (OK if ok else FAILED), data, len(data), elapsed
-
-
-def run_calls_here(calls: list[Any]) -> tuple[bool, Any]:
-    """Run a one-call list as a worker does: every exception is the task's failure."""
-    _, fn, args, kwargs, _, _ = calls[0]
-    try:
-        return True, fn(*args, **kwargs)
-    except BaseException as exc:
-        return False, exc
 
 
 def fetch_value(drops: tuple[Token, ...], token: Token | None) -> tuple[int, Any]:
@@ -176,10 +178,10 @@ def fetch_value(drops: tuple[Token, ...], token: Token | None) -> tuple[int, Any
 
 
 _SAMPLE = 8  # elements looked at per container when estimating a size
-_DEPTH = 4
+_LEVELS = 4  # containers looked into, nested
 
 
-def approx_size(value: Any, depth: int = _DEPTH) -> int:
+def approx_size(value: Any, depth: int = _LEVELS) -> int:
     """Estimate the bytes ``value`` takes in memory, cheaply: sample each container.
 
     Good enough to place tasks next to their biggest inputs and to decide whether a
