@@ -6,26 +6,33 @@ DagexecError(Exception)
 │  ├─ CycleError                           .cycle: the keys around the loop
 │  ├─ MissingDependencyError               .key (missing), .needed_by
 │  └─ DuplicateKeyError                    .key
-├─ TaskFailed(DagexecError)                .key; __cause__ is the user's exception
-└─ WorkerDied(DagexecError)                a process worker vanished mid-task
+├─ TaskFailed(DagexecError)                .key, .attempts; __cause__ is the user's exception
+│  └─ TaskTimeout(TaskFailed, TimeoutError) .timeout: the task ran past its timeout=
+├─ WorkerDied(DagexecError)                a process worker vanished mid-task
+└─ Cancelled(DagexecError, CancelledError) .results: the run was cancelled, timed out or
+                                           interrupted (Ctrl-C raises one that is also a
+                                           KeyboardInterrupt)
 ```
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._results import Results
 
 __all__ = [
+    "Cancelled",
     "CycleError",
     "DagexecError",
     "DuplicateKeyError",
     "GraphError",
     "MissingDependencyError",
     "TaskFailed",
+    "TaskTimeout",
     "WorkerDied",
 ]
 
@@ -96,6 +103,7 @@ class TaskFailed(DagexecError):
 
     Attributes:
         key: the key of the task that failed.
+        attempts: how many times it was tried (more than 1 when it had ``retries``).
         blocked: the keys that could not run because of this failure, nearest first.
         results: when raised by ``run``, the results that completed before the run
             stopped (nothing computed is lost); ``None`` otherwise.
@@ -113,6 +121,7 @@ class TaskFailed(DagexecError):
         self.chains: list[list[Hashable]] = [list(c) for c in chains]
         self.blocked: list[Hashable] = [c[0] for c in self.chains]
         self.results: Results | None = None
+        self.attempts = 1
         super().__init__(self._message())
 
     def _set_chains(self, chains: Sequence[Sequence[Hashable]]) -> None:
@@ -135,3 +144,50 @@ class TaskFailed(DagexecError):
 
 def _rebuild_task_failed(key: Hashable, reason: str, chains: list[list[Hashable]]) -> TaskFailed:
     return TaskFailed(key, reason, chains=chains)
+
+
+class TaskTimeout(TaskFailed, TimeoutError):
+    """A task ran longer than its ``timeout=``.
+
+    A process task's worker is terminated; a thread task cannot be stopped in Python, so
+    it is abandoned (it runs on, its value is dropped) and its dependents never start.
+
+    Attributes:
+        timeout: the limit in seconds that the task exceeded.
+    """
+
+    def __init__(self, key: Hashable, timeout: float, what: str) -> None:
+        self.timeout = timeout
+        super().__init__(key, f"timed out after {timeout:g} s ({what})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_timeout, (self.key, self.timeout, self.reason, self.chains))
+
+
+def _rebuild_timeout(
+    key: Hashable, timeout: float, reason: str, chains: list[list[Hashable]]
+) -> TaskTimeout:
+    err = TaskTimeout(key, timeout, "")
+    err.reason = reason
+    err._set_chains(chains)
+    return err
+
+
+class Cancelled(DagexecError, CancelledError):
+    """The run was cancelled (``Runner.cancel``), ran past its ``timeout=`` or was
+    interrupted (Ctrl-C, raised as an exception that is also a ``KeyboardInterrupt``).
+
+    Queued work was dropped and process workers running the run's tasks were
+    terminated. Nothing computed is lost:
+
+    Attributes:
+        results: the ``Results`` of the tasks that completed before it stopped.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.results: Results | None = None
+
+
+class _Interrupted(Cancelled, KeyboardInterrupt):
+    """Ctrl-C stopped a run: a KeyboardInterrupt that carries the run's results."""

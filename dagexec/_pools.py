@@ -42,7 +42,7 @@ from ._errors import WorkerDied
 from ._graph import KINDS, resolve_args
 from ._worker import new_token
 
-__all__ = ["Call", "Pickled", "Pools", "Unpicklable", "dumps", "run_calls"]
+__all__ = ["Call", "Expired", "Pickled", "Pools", "Stopped", "Unpicklable", "dumps", "run_calls"]
 
 #: (key, fn, args, kwargs, refs, keep): ``refs`` as in ``_Task.refs`` when the arguments
 #: still need the previous call's value (a chain), else ``()``; ``keep`` says whether the
@@ -72,6 +72,20 @@ class Unpicklable(Exception):
         self.what = what
         self.detail = detail
         self.error = error
+
+
+class Expired(Exception):
+    """Internal: a unit ran past its ``timeout`` and was stopped (its worker terminated,
+    or its coroutine cancelled); the run reports it as ``TaskTimeout``."""
+
+    def __init__(self, timeout: float, what: str) -> None:
+        super().__init__(timeout, what)
+        self.timeout = timeout
+        self.what = what
+
+
+class Stopped(Exception):
+    """Internal: a unit was stopped because its run was cancelled."""
 
 
 class _RemoteTraceback(Exception):
