@@ -11,15 +11,18 @@
 """
 
 from ._errors import (
+    Cancelled,
     CycleError,
     DagexecError,
     DuplicateKeyError,
     GraphError,
     MissingDependencyError,
     TaskFailed,
+    TaskTimeout,
     WorkerDied,
 )
 from ._graph import Graph, Ref
+from ._options import Backoff
 from ._results import Results, RunStats
 from ._runner import Runner
 from ._shared import imap_shared, map_shared
@@ -27,6 +30,8 @@ from ._shared import imap_shared, map_shared
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Backoff",
+    "Cancelled",
     "CycleError",
     "DagexecError",
     "DuplicateKeyError",
@@ -38,6 +43,7 @@ __all__ = [
     "RunStats",
     "Runner",
     "TaskFailed",
+    "TaskTimeout",
     "WorkerDied",
     "__version__",
     "imap_shared",

@@ -9,6 +9,7 @@ keys, cycles) happens when a run is planned, in ``_state``.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import itertools
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
@@ -17,18 +18,20 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 import cloudpickle
 
 from ._errors import DuplicateKeyError
+from ._options import BackoffLike, Options, Policy, RetryOn, check_policy, make_options
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
     from ._results import Results
+    from ._runner import Runner
 
 __all__ = ["KINDS", "Graph", "Ref"]
 
 T = TypeVar("T")
 
 #: The kinds of pool a task can run on.
-KINDS: frozenset[str] = frozenset({"thread", "process", "inline"})
+KINDS: frozenset[str] = frozenset({"thread", "process", "inline", "async"})
 
 _graph_ids = itertools.count(1)
 _NO_KWARGS: Mapping[str, Any] = {}
@@ -66,7 +69,7 @@ class _Task:
     ``NESTED`` when Refs sit inside containers or keyword arguments (kept as Refs).
     """
 
-    __slots__ = ("after", "args", "deps", "fn", "key", "kind", "kwargs", "preds", "refs")
+    __slots__ = ("after", "args", "deps", "fn", "key", "kind", "kwargs", "opts", "preds", "refs")
 
     def __init__(
         self,
@@ -78,6 +81,7 @@ class _Task:
         deps: tuple[Hashable, ...],
         after: tuple[Hashable, ...],
         refs: tuple[int, ...] | int,
+        opts: Options | None = None,
     ) -> None:
         self.key = key
         self.fn = fn
@@ -88,6 +92,7 @@ class _Task:
         self.after = after
         self.preds = deps + after if after else deps  # everything it waits for
         self.refs = refs
+        self.opts = opts
 
     def difference(self, other: _Task) -> str | None:
         """Say how ``other`` differs from this definition, or None if they are the same."""
@@ -102,6 +107,10 @@ class _Task:
             return "different arguments"
         if set(self.after) != set(other.after):
             return "different after= dependencies"
+        mine = self.opts.astuple() if self.opts else None
+        theirs = other.opts.astuple() if other.opts else None
+        if mine != theirs:
+            return "different options (retries, timeout, resources or priority)"
         return None
 
     def __repr__(self) -> str:
@@ -145,11 +154,17 @@ def unhashable(key: object) -> TypeError:
 
 
 def check_task(key: Hashable, fn: object, kind: str) -> None:
-    """Raise TypeError naming ``key`` for a non-callable ``fn`` or an unknown ``kind``."""
+    """Raise TypeError naming ``key`` for a non-callable ``fn`` or an unknown ``kind``,
+    or a coroutine function given a kind that would never await it."""
     if not callable(fn):
         raise TypeError(f"task {key!r}: {fn!r} is not callable; pass a function as fn")
     if kind not in KINDS:
         raise TypeError(f"task {key!r}: unknown kind {kind!r}; choose one of {sorted(KINDS)}")
+    if kind != "async" and inspect.iscoroutinefunction(fn):
+        raise TypeError(
+            f"task {key!r}: {_name(fn)} is a coroutine function; use kind='async' "
+            "(the default for coroutine functions) or wrap it in asyncio.run"
+        )
 
 
 def _name(fn: Callable[..., Any]) -> str:
@@ -276,15 +291,27 @@ class Graph:
 
     Args:
         default_kind: the kind of pool a task runs on when ``add`` names none:
-            ``"thread"``, ``"process"`` or ``"inline"``.
+            ``"thread"``, ``"process"``, ``"inline"`` or ``"async"`` (coroutine functions
+            run on ``"async"`` unless a kind is named).
+        retries, retry_on, backoff: retry defaults for this graph's tasks (see ``add``);
+            a task's own settings win, and the run's apply where neither says.
     """
 
-    def __init__(self, default_kind: str = "thread") -> None:
+    def __init__(
+        self,
+        default_kind: str = "thread",
+        *,
+        retries: int | None = None,
+        retry_on: RetryOn | None = None,
+        backoff: BackoffLike | None = None,
+    ) -> None:
         if default_kind not in KINDS:
             raise TypeError(f"unknown default_kind {default_kind!r}; choose one of {sorted(KINDS)}")
         self.default_kind = default_kind
+        self._policy: Policy = check_policy("Graph()", retries, retry_on, backoff)
         self._gid = next(_graph_ids)
         self._tasks: dict[Hashable, _Task] = {}
+        self._options = False  # a task has options: runs check resources and priorities
 
     def add(
         self,
@@ -294,6 +321,12 @@ class Graph:
         *args: Any,
         kind: str | None = None,
         after: Iterable[Hashable | Ref[Any]] = (),
+        retries: int | None = None,
+        retry_on: RetryOn | None = None,
+        backoff: BackoffLike | None = None,
+        timeout: float | None = None,
+        resources: Mapping[str, float] | None = None,
+        priority: int = 0,
         **kwargs: Any,
     ) -> Ref[T]:
         """Add task ``key`` that calls ``fn(*args, **kwargs)`` and return a Ref to its value.
@@ -303,9 +336,24 @@ class Graph:
         ordering only. Adding the same key again with the same definition returns the
         existing Ref; a different definition raises ``DuplicateKeyError``.
 
+        Options (their names are taken: pass a function's own keyword of the same name
+        with ``functools.partial``):
+
+        - ``retries``: attempts after the first when it raises one of ``retry_on``
+          (default: any ``Exception``, including ``WorkerDied`` and ``TaskTimeout``),
+          waiting ``backoff`` between them (default ``Backoff()``: exponential with
+          jitter; or seconds, or ``f(attempt) -> seconds``).
+        - ``timeout``: seconds; past it a process task's worker is terminated and an
+          async task cancelled. A thread task cannot be stopped in Python: it is
+          abandoned (it runs on; its value is dropped). Either way it fails with
+          ``TaskTimeout`` (retried if ``retries`` allow) and its dependents never start.
+        - ``resources``: amounts it holds while running, like ``{"gpu": 1}``, against
+          the run's ``limits=``.
+        - ``priority``: among ready tasks, higher first (default 0).
+
         Raises:
-            TypeError: unhashable key, non-callable ``fn``, unknown kind, or a Ref from
-                another graph; the message names the key.
+            TypeError, ValueError: unhashable key, non-callable ``fn``, unknown kind, a
+                Ref from another graph or a bad option; the message names the key.
         """
         tasks = self._tasks
         try:
@@ -313,9 +361,12 @@ class Graph:
         except TypeError:
             raise unhashable(key) from None
         if kind is None:
-            kind = self.default_kind
-        if not callable(fn) or kind not in KINDS:
+            kind = "async" if inspect.iscoroutinefunction(fn) else self.default_kind
+            if not callable(fn):
+                check_task(key, fn, kind)
+        else:
             check_task(key, fn, kind)
+        opts = make_options(key, kind, retries, retry_on, backoff, timeout, resources, priority)
         deps: tuple[Hashable, ...] = ()
         refs: tuple[int, ...] | int = ()
         if args:
@@ -332,7 +383,9 @@ class Graph:
         order: tuple[Hashable, ...] = ()
         if after:
             order = self._after_keys(key, after, dict.fromkeys(deps))
-        task = _Task(key, fn, args, kwargs, kind, deps, order, refs)
+        task = _Task(key, fn, args, kwargs, kind, deps, order, refs, opts)
+        if opts is not None:
+            self._options = True
         if existing is not None:
             detail = existing.difference(task)
             if detail is not None:
@@ -377,10 +430,12 @@ class Graph:
 
         The key is ``"<qualname>-<hash>"``, the hash covering the function (by value for
         lambdas and closures, so a lambda made again in a loop is the same function), the
-        arguments (Refs by key, sets in a canonical order), ``kind`` and ``after``.
+        arguments (Refs by key, sets in a canonical order), ``kind``, ``after`` and the
+        options of ``add`` (``retries``, ``timeout``, ...), which it takes too.
         Everything must be picklable with cloudpickle to be hashed.
         """
-        kind = self.default_kind if kind is None else kind
+        if kind is None:
+            kind = "async" if inspect.iscoroutinefunction(fn) else self.default_kind
         if isinstance(after, (str, bytes, Ref)) or not isinstance(after, Iterable):
             after = [after]  # add() rejects what is not a key
         after = list(after)
@@ -421,17 +476,76 @@ class Graph:
         on_error: Literal["raise", "continue"] = "raise",
         max_workers: int | Mapping[str, int] | None = None,
         executors: Mapping[str, Executor] | None = None,
+        retries: int | None = None,
+        retry_on: RetryOn | None = None,
+        backoff: BackoffLike | None = None,
+        timeout: float | None = None,
+        limits: Mapping[str, float] | None = None,
     ) -> Results:
         """Run the graph once on fresh pools and return the results.
 
         This is ``Runner(max_workers, executors).run(self, ...)`` with the pools shut down
-        afterwards; see ``Runner.run`` for ``targets``, ``keep`` and ``on_error``.
+        afterwards; see ``Runner.run`` for the other arguments.
         """
-        from ._runner import Runner
+        runner = _private_runner(max_workers, executors)
+        try:
+            return runner.run(
+                self,
+                targets=targets,
+                keep=keep,
+                on_error=on_error,
+                retries=retries,
+                retry_on=retry_on,
+                backoff=backoff,
+                timeout=timeout,
+                limits=limits,
+            )
+        finally:
+            runner._close()
 
-        with Runner(max_workers=max_workers, executors=executors) as runner:
-            runner._private = True
-            return runner.run(self, targets=targets, keep=keep, on_error=on_error)
+    async def arun(
+        self,
+        *,
+        targets: Iterable[Hashable | Ref[Any]] | None = None,
+        keep: Literal["targets", "all"] = "targets",
+        on_error: Literal["raise", "continue"] = "raise",
+        max_workers: int | Mapping[str, int] | None = None,
+        executors: Mapping[str, Executor] | None = None,
+        retries: int | None = None,
+        retry_on: RetryOn | None = None,
+        backoff: BackoffLike | None = None,
+        timeout: float | None = None,
+        limits: Mapping[str, float] | None = None,
+    ) -> Results:
+        """Run the graph from asyncio code on fresh pools; see ``Runner.arun``.
+
+        The event loop is never blocked, not even to shut the pools down.
+        """
+        runner = _private_runner(max_workers, executors)
+        return await runner._arun(
+            self,
+            dict(
+                targets=targets,
+                keep=keep,
+                on_error=on_error,
+                retries=retries,
+                retry_on=retry_on,
+                backoff=backoff,
+                timeout=timeout,
+                limits=limits,
+            ),
+            close=True,
+        )
+
+
+def _private_runner(
+    max_workers: int | Mapping[str, int] | None, executors: Mapping[str, Executor] | None
+) -> Runner:
+    from ._runner import Runner
+
+    runner = Runner(max_workers=max_workers, executors=executors)
+    runner._private = True
+    return runner
 
 
 class _KeyPickler(cloudpickle.Pickler):  # type: ignore[misc]

@@ -123,14 +123,19 @@ class Local:
     """Placement, kept values and moves for the process units of one run."""
 
     def __init__(
-        self, pool: _ProcessPool, post: Callable[[Any], None], stop: Callable[[], bool]
+        self,
+        pool: _ProcessPool,
+        post: Callable[[Any], None],
+        stop: Callable[[], bool],
+        queue: Callable[[], deque[Hashable]] = deque,
     ) -> None:
         self.pool = pool
         self.post = post
         self.stop = stop
         n = pool.workers
-        self.at: list[deque[Hashable]] = [deque() for _ in range(n)]
-        self.anywhere: deque[Hashable] = deque()
+        # ``queue`` makes the waiting queues: deques, or by priority when a run has them
+        self.at: list[deque[Hashable]] = [queue() for _ in range(n)]
+        self.anywhere: deque[Hashable] = queue()
         self.drops: list[list[Token]] = [[] for _ in range(n)]
         self.remotes: dict[Hashable, Remote] = {}
         # id(fn) -> (fn, its Remote): each function is pickled once and sent once to
@@ -361,7 +366,15 @@ class Local:
         remote.holders[slot] = self.pool.generation(slot)
         return Moved(remote.token, remote.data)  # type: ignore[arg-type]
 
-    def run(self, slot: int, calls: list[Call], keep: bool, send: bool, tag: Any) -> None:
+    def run(
+        self,
+        slot: int,
+        calls: list[Call],
+        keep: bool,
+        send: bool,
+        tag: Any,
+        timeout: float | None = None,
+    ) -> None:
         """Run a one-call unit on worker ``slot``; its ``UnitDone`` is posted with ``tag``."""
         token = new_token() if keep else None
 
@@ -400,7 +413,8 @@ class Local:
             self.post(UnitDone(calls, slot, tag, FAILED, exc))
             return
         drops = self.take_drops(slot)
-        self.pool.place(slot, run_unit, (drops, body, token, send), finish, self.stop, len(body))
+        args = (drops, body, token, send)
+        self.pool.place(slot, run_unit, args, finish, self.stop, len(body), timeout)
 
     def ran(self, done: UnitDone, key: Hashable | None, again: bool = False) -> None:
         """Account a finished unit; keep its value's handle under ``key``.

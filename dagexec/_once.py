@@ -146,6 +146,13 @@ class OnceMap:
         for callback in callbacks:
             callback(ok, value)
 
+    def joined(self, cell: Cell | None) -> bool:
+        """Say whether someone other than its owner waits on ``cell``."""
+        if cell is None:
+            return False
+        with self._lock:
+            return bool(cell.callbacks)
+
     def claim_free(self, task: _Task, hold: bool, lineage: Lineage) -> Cell | None:
         """Own a new cell for ``task.key`` only if the key has none; else return None."""
         with self._lock:

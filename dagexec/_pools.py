@@ -31,16 +31,20 @@ from concurrent.futures import BrokenExecutor, Executor, Future
 from contextlib import contextmanager
 from functools import partial
 from queue import SimpleQueue
-from time import perf_counter
-from typing import Any
+from time import monotonic, perf_counter
+from typing import TYPE_CHECKING, Any, Union
 
 import cloudpickle
 import psutil
 from loky import ProcessPoolExecutor
+from loky.process_executor import ShutdownExecutorError
 
 from ._errors import WorkerDied
 from ._graph import KINDS, resolve_args
 from ._worker import new_token
+
+if TYPE_CHECKING:
+    from ._aio import _AsyncPool
 
 __all__ = ["Call", "Expired", "Pickled", "Pools", "Stopped", "Unpicklable", "dumps", "run_calls"]
 
@@ -196,7 +200,9 @@ class _ThreadPool:
         stop: Stop | None = None,
         each: Each | None = None,
         raw: bool = False,
+        timeout: float | None = None,
     ) -> None:
+        # ``timeout`` is the run's job: a thread cannot be stopped (see _Run.abandon).
         if self._closed:
             raise RuntimeError("this Runner is shut down; create a new one")
         # A unit that races shutdown() into the queue behind its stop signals is failed
@@ -492,17 +498,30 @@ Finish = Callable[[Any, "BaseException | None", int], None]
 
 
 class _Work:
-    """A unit for a process worker: ``fn(*args)`` there, then ``finish``."""
+    """A unit for a process worker: ``fn(*args)`` there, then ``finish``.
 
-    __slots__ = ("args", "finish", "fn", "stop")
+    ``began`` is when it became the oldest unit of its worker (so it is running there),
+    for ``timeout``; ``killed`` is what to report if its worker was terminated for it.
+    """
+
+    __slots__ = ("args", "began", "calls", "finish", "fn", "killed", "stop", "timeout")
 
     def __init__(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], finish: Finish, stop: Stop | None
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        finish: Finish,
+        stop: Stop | None,
+        timeout: float | None = None,
     ) -> None:
         self.fn = fn
         self.args = args
         self.finish = finish
         self.stop = stop
+        self.timeout = timeout
+        self.began = 0.0
+        self.killed: BaseException | None = None
+        self.calls: list[Call] | None = None  # the tasks it runs, when a run submitted it
 
 
 class _Slot:
@@ -511,18 +530,20 @@ class _Slot:
     ``load`` counts the units handed to it and not finished (at most the pool's
     ``depth``);
     ``pending`` holds units placed on this worker (``place``) waiting for room;
+    ``running`` the units handed to its executor, oldest (the one running) first;
     ``generation`` grows each time its executor is retired, so a unit submitted to a
     retired executor is known to have died with it without running, and a value kept
     in a worker of an older generation is known to be gone.
     """
 
-    __slots__ = ("executor", "generation", "load", "pending")
+    __slots__ = ("executor", "generation", "load", "pending", "running")
 
     def __init__(self) -> None:
         self.executor: ProcessPoolExecutor | None = None
         self.generation = 0
         self.load = 0
         self.pending: deque[_Work] = deque()
+        self.running: list[_Work] = []
 
 
 class _ProcessPool:
@@ -557,6 +578,7 @@ class _ProcessPool:
         stop: Stop | None = None,
         each: Each | None = None,
         raw: bool = False,
+        timeout: float | None = None,
     ) -> None:
         # ``each`` is not needed: process tasks are never chained.
         if self._closed:
@@ -576,7 +598,9 @@ class _ProcessPool:
                 self.received(sum(len(data) for _, data in result))
                 sink(calls, decode_outcomes(calls, result, raw))
 
-        self._put(None, _Work(_process_entry, (payload,), finish, stop), len(payload))
+        work = _Work(_process_entry, (payload,), finish, stop, timeout)
+        work.calls = calls
+        self._put(None, work, len(payload))
 
     def place(
         self,
@@ -586,6 +610,7 @@ class _ProcessPool:
         finish: Finish,
         stop: Stop | None = None,
         nbytes: int = 0,
+        timeout: float | None = None,
     ) -> None:
         """Run ``fn(*args)`` on worker ``slot``, after the units placed there before it.
 
@@ -593,7 +618,60 @@ class _ProcessPool:
         """
         if self._closed:
             raise RuntimeError("this Runner is shut down; create a new one")
-        self._put(slot, _Work(fn, args, finish, stop), nbytes)
+        self._put(slot, _Work(fn, args, finish, stop, timeout), nbytes)
+
+    def expire(self) -> None:
+        """Terminate workers whose running unit is past its ``timeout``.
+
+        Called by runs with timed units each time their loop wakes (at least every
+        ``_POLL`` seconds), so a timeout is noticed within about that much.
+        """
+        now = monotonic()
+        for slot in self._slots:
+            with self._lock:
+                head = slot.running[0] if slot.running else None
+                late = (
+                    head is not None
+                    and head.timeout is not None
+                    and head.killed is None
+                    and now - head.began > head.timeout
+                )
+            if late:
+                assert head is not None
+                assert head.timeout is not None
+                self._kill(slot, head, Expired(head.timeout, "its process worker was terminated"))
+
+    def kill(self, stop: Stop, spare: Callable[[list[Call]], bool] | None = None) -> int:
+        """Terminate the workers running units of the run whose ``stop`` this is.
+
+        Its units queued behind others never start (``stop`` is set); units of other
+        runs queued on a terminated worker go to its replacement. ``spare(calls)`` says
+        to leave a unit running (another caller waits for it). Return how many workers
+        were terminated.
+        """
+        killed = 0
+        for slot in self._slots:
+            with self._lock:
+                head = slot.running[0] if slot.running else None
+            if head is None or head.stop != stop or head.killed is not None:
+                continue
+            if spare is None or head.calls is None or not spare(head.calls):
+                self._kill(slot, head, Stopped())
+                killed += 1
+        return killed
+
+    def _kill(self, slot: _Slot, work: _Work, report: BaseException) -> None:
+        """Terminate ``slot``'s worker, which runs ``work``; ``work`` reports ``report``."""
+        with self._lock:
+            if slot.executor is None or not slot.running or slot.running[0] is not work:
+                return  # it finished (or its worker died) meanwhile
+            work.killed = report
+            executor, slot.executor = slot.executor, None
+            slot.generation += 1
+            slot.running = []
+        # Its futures fail (ShutdownExecutorError); _finished reports ``work`` as killed
+        # and hands the units queued behind it to the next worker of this slot.
+        executor.shutdown(wait=False, kill_workers=True)
 
     def room(self, slot: int) -> int:
         """Units worker ``slot`` can take before one has to wait (a hint; may race)."""
@@ -651,6 +729,11 @@ class _ProcessPool:
                 except Exception as exc:  # shut down
                     work.finish(None, exc, slot.generation)
                 else:
+                    with self._lock:
+                        if generation == slot.generation:
+                            if not slot.running:
+                                work.began = monotonic()
+                            slot.running.append(work)
                     future.add_done_callback(partial(self._finished, slot, work, generation))
                     return
             work = self._next(slot)
@@ -688,6 +771,7 @@ class _ProcessPool:
         with self._lock:
             executor, slot.executor = slot.executor, None
             slot.generation += 1
+            slot.running = []
         if executor is not None:
             # Possibly on that executor's own thread: it cannot be joined here;
             # shutdown() joins it with the others.
@@ -705,12 +789,21 @@ class _ProcessPool:
             return None
 
     def _finished(self, slot: _Slot, work: _Work, generation: int, future: Future[Any]) -> None:
+        with self._lock:
+            if work in slot.running:
+                slot.running.remove(work)
+                if slot.running and not slot.running[0].began:
+                    slot.running[0].began = monotonic()
         exc = future.exception()
         result: Any = None
         error: BaseException | None = None
         if exc is None:
             result = future.result()
-        elif isinstance(exc, BrokenExecutor) and generation != slot.generation:
+        elif work.killed is not None:
+            error = work.killed
+        elif generation != slot.generation and isinstance(
+            exc, (BrokenExecutor, ShutdownExecutorError)
+        ):
             # Its worker died running an older unit of this slot: it never started.
             self._run_on(slot, work)
             return
@@ -768,7 +861,9 @@ class _ExecutorPool:
         stop: Stop | None = None,
         each: Each | None = None,
         raw: bool = False,
+        timeout: float | None = None,
     ) -> None:
+        # ``timeout`` is the run's job: we cannot stop a worker of someone else's executor.
         if self._portable:
             try:
                 payload = encode_calls(calls)
@@ -796,11 +891,17 @@ class _ExecutorPool:
         """Leave the user's executor alone."""
 
 
-Pool = _ThreadPool | _ProcessPool | _ExecutorPool
+Pool = Union[_ThreadPool, _ProcessPool, _ExecutorPool, "_AsyncPool"]
+
+
+_ASYNC_TASKS = 10_000  # concurrent async tasks by default: waits are cheap on one loop
 
 
 def default_workers(kind: str) -> int:
-    """Return the default pool size: threads as concurrent.futures, processes = cores."""
+    """Return the default pool size: threads as concurrent.futures, processes = cores,
+    async tasks 10,000 at a time."""
+    if kind == "async":
+        return _ASYNC_TASKS
     if kind == "process":
         return psutil.cpu_count(logical=False) or os.cpu_count() or 1
     return min(32, (os.cpu_count() or 1) + 4)
@@ -817,7 +918,7 @@ class Pools:
         self._sizes = _check_sizes(max_workers)
         self._executors = dict(executors or {})
         for kind, ex in self._executors.items():
-            if kind not in KINDS or kind == "inline":
+            if kind not in KINDS or kind in ("inline", "async"):
                 raise TypeError(
                     f"executors={{{kind!r}: ...}}: no such pool kind; use 'thread' or 'process'"
                 )
@@ -852,11 +953,18 @@ class Pools:
         """Return the pool for ``kind`` if it exists, without creating it."""
         return self._pools.get(kind)
 
+    def size(self, kind: str) -> int:
+        """Return the number of workers (async: concurrent tasks) a pool of ``kind`` has."""
+        return self._sizes.get(kind) or default_workers(kind)
+
     def _create(self, kind: str) -> Pool:
         if kind in self._executors:
             return _ExecutorPool(self._executors[kind], kind)
-        size = self._sizes.get(kind) or default_workers(kind)
-        return _ProcessPool(size) if kind == "process" else _ThreadPool(size)
+        if kind == "async":
+            from ._aio import _AsyncPool
+
+            return _AsyncPool(self.size(kind))
+        return _ProcessPool(self.size(kind)) if kind == "process" else _ThreadPool(self.size(kind))
 
     def process_stats(self) -> tuple[int, int]:
         """Return bytes sent to and received from our own process workers."""
@@ -865,12 +973,14 @@ class Pools:
             return pool.bytes_sent, pool.bytes_received
         return 0, 0
 
-    def shutdown(self, wait: bool = True) -> None:
+    def shutdown(self, wait: bool = True, threads: bool = True) -> None:
+        """Shut every pool down; ``threads=False``: do not wait for the thread pool
+        (a task there was abandoned and runs on; its worker exits when it returns)."""
         with self._lock:
             self._closed = True
             pools = list(self._pools.values())
         for pool in pools:
-            pool.shutdown(wait=wait)
+            pool.shutdown(wait=wait and (threads or not isinstance(pool, _ThreadPool)))
 
 
 def _check_sizes(max_workers: int | Mapping[str, int] | None) -> dict[str, int]:
@@ -883,7 +993,8 @@ def _check_sizes(max_workers: int | Mapping[str, int] | None) -> dict[str, int]:
         for kind in sizes:
             if kind not in KINDS or kind == "inline":
                 raise TypeError(
-                    f"max_workers={{{kind!r}: ...}}: no such pool kind; use 'thread' or 'process'"
+                    f"max_workers={{{kind!r}: ...}}: no such pool kind; "
+                    "use 'thread', 'process' or 'async'"
                 )
     else:
         raise TypeError(f"max_workers must be an int or a dict per kind, not {max_workers!r}")

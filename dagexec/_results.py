@@ -31,6 +31,8 @@ class RunStats:
         bytes_moved: those values' pickled bytes (part of ``bytes_to_processes``).
         tasks_recomputed: tasks run again because the worker keeping their value died
             before every task that needs it had read it.
+        tasks_retried: attempts started again after a failure (``retries=``); each
+            attempt also counts in ``tasks_run``.
     """
 
     wall_time: float
@@ -44,6 +46,7 @@ class RunStats:
     values_moved: int = 0
     bytes_moved: int = 0
     tasks_recomputed: int = 0
+    tasks_retried: int = 0
 
     def __str__(self) -> str:
         return (

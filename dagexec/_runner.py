@@ -16,31 +16,40 @@ loop: its owner hands the task to a pool whose sink settles the once-cell.
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import heapq
+import itertools
+import sys
 import threading
 import time
 from collections import ChainMap, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from queue import Empty, SimpleQueue
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from ._errors import DuplicateKeyError, TaskFailed, WorkerDied
+from ._errors import Cancelled, DuplicateKeyError, TaskFailed, TaskTimeout, WorkerDied, _Interrupted
 from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task, check_task, resolve_args, unhashable
 from ._locality import CannotMove, Local, UnitDone, _Fetched
 from ._once import Busy, Cell, Lineage, OnceMap
+from ._options import BackoffLike, Policy, RetryOn, check_limits, check_policy
 from ._pools import (
     SKIPPED,
     Call,
+    Expired,
     Outcome,
     Pickled,
     Pool,
     Pools,
+    Stopped,
     Unpicklable,
+    _ExecutorPool,
     _ProcessPool,
+    _ThreadPool,
     current_thread_pool,
     dumps,
     run_calls,
@@ -54,8 +63,9 @@ __all__ = ["Runner"]
 T = TypeVar("T")
 
 _POLL = 0.1  # seconds the loop blocks at most, so Ctrl-C is handled promptly
-_PUMP_ORDER = ("inline", "thread", "process")
+_PUMP_ORDER = ("inline", "thread", "process", "async")
 _RETRY = "retry"  # the "kind" of a message asking to claim a key again
+_WAKE = "wake"  # the "kind" of a message that only wakes the loop (cancel)
 _REDO = "redo"  # the tag of a unit that recomputes a value lost with its worker
 
 
@@ -105,6 +115,11 @@ def task_failed(key: Hashable, exc: BaseException) -> TaskFailed:
             f"{exc.what}{culprit} ({exc.detail}); pass and return plain data, or use kind='thread'"
         )
         cause = exc.error or exc
+    elif isinstance(exc, Expired):
+        return TaskTimeout(key, exc.timeout, exc.what)
+    elif isinstance(exc, Stopped):
+        reason = "was stopped: its run was cancelled"
+        cause = None
     elif isinstance(exc, WorkerDied):
         reason = "lost its process worker, which died while running it"
     elif isinstance(exc, DuplicateKeyError):
@@ -143,6 +158,9 @@ class Runner:
         # Set by Graph.run: nobody else can reach this Runner, so the sorter alone
         # guarantees exactly-once and runs skip the once-map.
         self._private = False
+        self._lock = threading.Lock()
+        self._runs: set[_Run] = set()  # runs in progress, for cancel()
+        self._abandoned = False  # a run left a thread task running (timeout, cancel)
 
     def submit(
         self,
@@ -186,6 +204,11 @@ class Runner:
         targets: Iterable[Hashable | Ref[Any]] | None = None,
         keep: Literal["targets", "all"] = "targets",
         on_error: Literal["raise", "continue"] = "raise",
+        retries: int | None = None,
+        retry_on: RetryOn | None = None,
+        backoff: BackoffLike | None = None,
+        timeout: float | None = None,
+        limits: Mapping[str, float] | None = None,
     ) -> Results:
         """Run ``graph`` and return the values of its targets.
 
@@ -200,11 +223,131 @@ class Runner:
                 tasks finish and raises its ``TaskFailed`` (``.results`` holds what
                 completed); ``"continue"`` runs everything that does not depend on a
                 failure and reports failures in ``Results.errors``.
+            retries, retry_on, backoff: retry defaults for tasks whose own definition
+                and whose graph say nothing (see ``Graph.add``).
+            timeout: seconds for the whole run; past it, the run is cancelled.
+            limits: capacities of the resources tasks declare (``resources=`` of
+                ``Graph.add``), like ``{"gpu": 1, "mem_gb": 16}``; a task starts only
+                when what it needs is free.
 
         Raises:
             MissingDependencyError, CycleError: before any task starts.
+            ValueError: a task needs a resource ``limits`` lack, or more than its limit.
             TaskFailed: with ``on_error="raise"``, the first failure.
+            Cancelled: ``cancel()`` was called, ``timeout`` expired, or Ctrl-C (then it
+                is also a ``KeyboardInterrupt``); ``.results`` holds what completed.
         """
+        run = self._plan(
+            graph, targets, keep, on_error, retries, retry_on, backoff, timeout, limits
+        )
+        pool = current_thread_pool()
+        if pool is None:
+            return self._execute(run)
+        with pool.blocking():  # a nested run waits on a worker thread: lend a thread
+            return self._execute(run)
+
+    async def arun(
+        self,
+        graph: Graph,
+        *,
+        targets: Iterable[Hashable | Ref[Any]] | None = None,
+        keep: Literal["targets", "all"] = "targets",
+        on_error: Literal["raise", "continue"] = "raise",
+        retries: int | None = None,
+        retry_on: RetryOn | None = None,
+        backoff: BackoffLike | None = None,
+        timeout: float | None = None,
+        limits: Mapping[str, float] | None = None,
+    ) -> Results:
+        """Run ``graph`` from asyncio code; like ``run``, without blocking the event loop.
+
+        The run's loop works in a thread of its own; ``kind="async"`` tasks run on the
+        caller's event loop (so they may use loop-bound objects such as client
+        sessions), thread and process tasks on their pools. Cancelling the awaiting
+        task cancels the run: it raises ``asyncio.CancelledError`` once the run stopped.
+        """
+        options = dict(
+            targets=targets,
+            keep=keep,
+            on_error=on_error,
+            retries=retries,
+            retry_on=retry_on,
+            backoff=backoff,
+            timeout=timeout,
+            limits=limits,
+        )
+        return await self._arun(graph, options, close=False)
+
+    async def _arun(self, graph: Graph, options: dict[str, Any], close: bool) -> Results:
+        """``arun``; ``close``: shut the pools down after the run, off the event loop."""
+        try:
+            run = self._plan(graph, **options)
+        except BaseException:
+            if close:
+                self._close()
+            raise
+        loop = asyncio.get_running_loop()
+        run.use_loop(loop)
+        done: asyncio.Future[Results] = loop.create_future()
+
+        def report(value: Results | None, exc: BaseException | None) -> None:
+            if done.cancelled():
+                return
+            if exc is not None:
+                done.set_exception(exc)
+            else:
+                done.set_result(value)  # type: ignore[arg-type]
+
+        def drive() -> None:
+            try:
+                try:
+                    value = self._execute(run)
+                finally:
+                    if close:
+                        self._close()
+            except BaseException as exc:
+                loop.call_soon_threadsafe(report, None, exc)
+            else:
+                loop.call_soon_threadsafe(report, value, None)
+
+        driver = threading.Thread(target=drive, name="dagexec-arun", daemon=True)
+        driver.start()
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            run.cancel(Cancelled("the task awaiting Runner.arun was cancelled"))
+            with suppress(Exception):
+                await done  # the run stops: processes terminated, async tasks cancelled
+            raise
+        finally:
+            driver.join()  # it has reported: only its last line is left
+
+    def cancel(self) -> None:
+        """Cancel every run in progress on this Runner (callable from any thread).
+
+        Each stops dispatching, drops its queued work, terminates the process workers
+        running its tasks and cancels its async tasks, then raises ``Cancelled`` with
+        the results completed so far. Thread tasks cannot be stopped in Python: one that
+        is running is left to finish in the background, its value dropped.
+        """
+        with self._lock:
+            runs = list(self._runs)
+        for run in runs:
+            run.cancel(Cancelled("the run was cancelled (Runner.cancel)"))
+
+    def _plan(
+        self,
+        graph: Graph,
+        targets: Iterable[Hashable | Ref[Any]] | None = None,
+        keep: str = "targets",
+        on_error: str = "raise",
+        retries: int | None = None,
+        retry_on: RetryOn | None = None,
+        backoff: BackoffLike | None = None,
+        timeout: float | None = None,
+        limits: Mapping[str, float] | None = None,
+    ) -> _Run:
+        """Check a run's arguments and plan it; raise before any work starts."""
         self._check_open()
         if keep not in ("targets", "all"):
             raise ValueError(f"keep must be 'targets' or 'all', not {keep!r}")
@@ -212,12 +355,32 @@ class Runner:
             raise ValueError(f"on_error must be 'raise' or 'continue', not {on_error!r}")
         if not isinstance(graph, Graph):
             raise TypeError(f"Runner.run needs a dagexec.Graph, not {type(graph).__name__}")
-        run = _Run(self, graph, _target_keys(graph, targets), keep == "all", on_error == "raise")
-        pool = current_thread_pool()
-        if pool is None:
+        policy = check_policy("run()", retries, retry_on, backoff)
+        if timeout is not None and not (
+            isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0
+        ):
+            raise ValueError(f"run(timeout=) takes seconds > 0, not {timeout!r}")
+        return _Run(
+            self,
+            graph,
+            _target_keys(graph, targets),
+            keep == "all",
+            on_error == "raise",
+            policy,
+            timeout,
+            check_limits(limits),
+        )
+
+    def _execute(self, run: _Run) -> Results:
+        with self._lock:
+            self._runs.add(run)
+        try:
             return run.execute()
-        with pool.blocking():  # a nested run waits on a worker thread: lend a thread
-            return run.execute()
+        finally:
+            with self._lock:
+                self._runs.discard(run)
+            if run.abandoned:
+                self._abandoned = True
 
     def clear(self) -> None:
         """Drop every value this Runner holds; later runs compute them again."""
@@ -227,6 +390,11 @@ class Runner:
         """Shut down the pools this Runner created (never the executors it was given)."""
         self._closed = True
         self._pools.shutdown(wait=wait)
+
+    def _close(self) -> None:
+        """Shut down after a private run; a thread task it abandoned is not waited for."""
+        self._closed = True
+        self._pools.shutdown(wait=True, threads=not self._abandoned)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -244,13 +412,13 @@ class Runner:
         self.shutdown(wait=True)
 
 
-def take_batch(queue: SimpleQueue[T]) -> list[T]:
-    """Return the messages on ``queue``: at least one, or none after ``_POLL`` seconds.
+def take_batch(queue: SimpleQueue[T], wait: float = _POLL) -> list[T]:
+    """Return the messages on ``queue``: at least one, or none after ``wait`` seconds.
 
     A loop blocks here, never for long, so Ctrl-C in its thread is handled promptly.
     """
     try:
-        batch = [queue.get(timeout=_POLL)]
+        batch = [queue.get(timeout=wait)]
     except Empty:
         return []
     while not queue.empty():
@@ -415,6 +583,19 @@ class _Run:
                      the recomputations that need them (``restored_need`` counts those)
         redo_errors  key -> (the key whose recomputation failed, its TaskFailed), for
                      every key that can no longer be recomputed
+
+    Control (retries, timeouts, cancellation, resources):
+        policy     the retry defaults of the graph over the run's
+        attempts   key -> the attempt now running, for keys that failed before
+        timers     heap of (when, seq, key): retries waiting for their backoff
+        clocks     key -> (its _Clock, timeout): timed thread units (and units on a
+                   given executor), watched by the loop; past it they are abandoned
+        ignored    id(calls) -> calls of abandoned units, whose outcomes are dropped
+        timed      a timed unit went to our process pool: the loop calls its expire()
+        deadline   monotonic time the run's own timeout expires, or None
+        cancelled  set by cancel() from any thread; the loop raises it
+        free       resource -> amount not held; holding: key -> what it holds
+        deferred   heap of (-priority, seq, key): ready keys waiting for resources
     """
 
     def __init__(
@@ -424,6 +605,9 @@ class _Run:
         targets: list[Hashable] | None,
         keep_all: bool,
         fail_fast: bool,
+        policy: Policy | None = None,
+        timeout: float | None = None,
+        limits: Mapping[str, float] | None = None,
     ) -> None:
         self.started = time.perf_counter()
         self.once = runner._once
@@ -468,26 +652,125 @@ class _Run:
         self.known = ChainMap(self.state.values, self.restored)  # what inputs can read
         self.redo_errors: dict[Hashable, tuple[Hashable, TaskFailed]] = {}
         self.recomputed = 0
+        self.policy = graph._policy.under(policy or Policy(None, None, None))
+        self.chaining = not self.policy  # a chain cannot retry one of its tasks alone
+        self.attempts: dict[Hashable, int] = {}
+        self.retried = 0
+        self.timers: list[tuple[float, int, Hashable]] = []
+        self.seq = itertools.count()
+        self.clocks: dict[Hashable, tuple[_Clock, float]] = {}
+        self.ignored: dict[int, list[Call]] = {}
+        self.abandoned = False  # a thread unit was left running (timeout or cancel)
+        self.timed = False
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.cancelled: Cancelled | None = None
+        self.free: dict[str, float] = dict(limits or {})
+        self.holding: dict[Hashable, Mapping[str, float]] = {}
+        self.deferred: list[tuple[int, int, Hashable]] = []
+        self.loop_pool: Pool | None = None  # an _AsyncPool on the caller's loop (arun)
+        self.prioritized = False
+        if graph._options:
+            self.check_options()
+
+    def check_options(self) -> None:
+        """Check resources against the limits, and order ready keys by priority if set."""
+        tasks = self.tasks
+        prioritized = False
+        for key in self.state.run_keys:
+            opts = tasks[key].opts
+            if opts is None:
+                continue
+            prioritized = prioritized or opts.priority != 0
+            for name, amount in opts.resources.items():
+                limit = self.free.get(name)
+                if limit is None:
+                    raise ValueError(
+                        f"task {key!r} needs resource {name!r} but the run sets no limit "
+                        f"for it; pass limits={{{name!r}: ...}} to run()"
+                    )
+                if amount > limit:
+                    raise ValueError(
+                        f"task {key!r} needs {name}={amount:g} but limits allow {limit:g}; "
+                        "raise the limit or lower the task's resources"
+                    )
+        if prioritized:
+            self.prioritized = True
+            self.waiting = {kind: self.new_queue() for kind in _PUMP_ORDER}
+
+    def new_queue(self) -> deque[Hashable]:
+        """Return an empty queue of ready keys: by priority if the graph sets any."""
+        return _Ready(self.priority) if self.prioritized else deque()  # type: ignore[return-value]
+
+    def priority(self, key: Hashable) -> int:
+        opts = self.tasks[key.key if type(key) is _Redo else key].opts
+        return 0 if opts is None else opts.priority
+
+    def pool(self, kind: str) -> Pool:
+        """Return the pool for ``kind``: the Runner's, or the caller's loop for async."""
+        if kind == "async" and self.loop_pool is not None:
+            return self.loop_pool
+        return self.pools.get(kind)
+
+    def use_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run this run's async tasks on ``loop`` (the caller's, for ``arun``)."""
+        from ._aio import _AsyncPool
+
+        size = self.pools.size("async")
+        self.loop_pool = _AsyncPool(size, loop=loop)
+
+    def cancel(self, exc: Cancelled) -> None:
+        """Ask the run to stop (any thread): the loop raises ``exc`` when it wakes."""
+        if self.cancelled is None:
+            self.cancelled = exc
+            self.stop.set()
+            self.queue.put(([], [], _WAKE))
 
     def execute(self) -> Results:
         """Drive the run to its end and return its Results (or raise its first failure)."""
         try:
             self.loop()
-        except BaseException as exc:  # Ctrl-C, or an inline task's SystemExit
+        except BaseException as exc:  # cancel, Ctrl-C, or an inline task's SystemExit
             self.abort(exc)
-            raise
+            stopped = self.stopped(exc)
+            if stopped is None:
+                raise
+            if stopped is exc:
+                raise
+            raise stopped from exc
         finally:
             if self.local is not None:
                 self.local.close()  # the workers forget this run's values
+            if self.loop_pool is not None:
+                self.loop_pool.shutdown(wait=False)
         return self.results()
+
+    def stopped(self, exc: BaseException) -> Cancelled | None:
+        """Return the Cancelled to raise for ``exc`` (with the results so far), if any."""
+        if isinstance(exc, Cancelled):
+            stopped = exc
+        elif isinstance(exc, KeyboardInterrupt):
+            stopped = _Interrupted("the run was interrupted (Ctrl-C)")
+        else:
+            return None
+        stopped.results = self.results(raising=False)
+        return stopped
 
     def loop(self) -> None:
         self.enqueue(self.state.ready(), first=False)
         while True:
             self.pump()
+            if self.cancelled is not None:
+                raise self.cancelled
             if not self.inflight:
                 break
-            batch = take_batch(self.queue)
+            batch = take_batch(self.queue, self.wait_time())
+            if self.timers or self.clocks or self.timed or self.deadline is not None:
+                self.watch()
+            if self.cancelled is not None:
+                if batch:
+                    self.handle(batch)  # nothing computed is lost
+                raise self.cancelled
             if not batch:
                 continue
             self.batch = batch  # for abort(), should handling be interrupted
@@ -498,18 +781,67 @@ class _Run:
                 self.shipped = {k: p for k, p in self.shipped.items() if k in values}
             self.enqueue(ready)
 
-    def abort(self, exc: BaseException) -> None:
-        """Stop starting work; leave what runs to settle its once-cells by itself.
+    def wait_time(self) -> float:
+        """Seconds the loop may block: until the next retry, or the run's deadline."""
+        wait = _POLL
+        now = time.monotonic()
+        if self.timers:
+            wait = min(wait, max(0.0, self.timers[0][0] - now))
+        if self.deadline is not None:
+            wait = min(wait, max(0.0, self.deadline - now))
+        return wait
 
-        Work queued in a pool is skipped (``stop``). A task still running finishes in the
-        background: its outcome settles its once-cell straight from the pool's thread, so
-        other callers waiting on it get its value, and the key is never run twice at once.
+    def watch(self) -> None:
+        """Start retries that are due; stop units past their timeout; the run's own."""
+        now = time.monotonic()
+        if self.deadline is not None and now >= self.deadline and self.cancelled is None:
+            self.cancelled = Cancelled(f"the run's timeout of {self.timeout:g} s expired")
+            self.stop.set()
+        if self.timed:
+            pool = self.pools.peek("process")
+            if isinstance(pool, _ProcessPool):
+                pool.expire()
+        for key, (clock, timeout) in list(self.clocks.items()):
+            if clock.began and now - clock.began > timeout:
+                self.abandon(key, clock, timeout)
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            key = heapq.heappop(timers)[2]
+            self.inflight -= 1
+            self.enqueue([key])
+
+    def abandon(self, key: Hashable, clock: _Clock, timeout: float) -> None:
+        """Give up a thread unit past its timeout: it runs on, its outcome is dropped."""
+        del self.clocks[key]
+        self.ignored[id(clock.calls)] = clock.calls
+        self.inflight -= 1
+        self.busy[self.tasks[key].kind] -= 1
+        self.abandoned = True
+        exc = Expired(timeout, "a thread cannot be stopped: it was abandoned and runs on")
+        if self.retry(key, exc):
+            return
+        cell = self.cells.pop(key, None)
+        if cell is not None:
+            self.once.settle(cell, False, exc)
+        self.fail_final(key, exc)
+
+    def abort(self, exc: BaseException) -> None:
+        """Stop starting work; stop what runs where it can be; leave the rest to settle
+        its once-cells by itself.
+
+        Work queued in a pool is skipped (``stop``). Process workers running this run's
+        tasks are terminated and its async tasks cancelled, except those another caller
+        has joined. A task still running in a thread finishes in the background: its
+        outcome settles its once-cell straight from the pool's thread, so other callers
+        waiting on it get its value, and the key is never run twice at once.
         """
         self.stop.set()
         for keys in self.waiting.values():
             keys.clear()
+        self.deferred.clear()
         if self.local is not None:
             self.local.clear()
+        self.halt_workers()
         if self.private:
             return  # nobody else can wait on anything of this run
         with self.orphan_lock:
@@ -519,6 +851,22 @@ class _Run:
                 messages.append(self.queue.get())
         for calls, outcomes, _ in messages:
             self.settle_orphans(calls, outcomes)
+
+    def halt_workers(self) -> None:
+        """Terminate process workers and cancel async tasks running this run's units."""
+        stop = self.stop.is_set
+        pool = self.pools.peek("process")
+        if isinstance(pool, _ProcessPool):
+            pool.kill(stop, None if self.private else self.joined)
+        for async_pool in (self.pools.peek("async"), self.loop_pool):
+            if async_pool is not None:
+                async_pool.cancel(stop)  # type: ignore[union-attr]
+        if self.busy["thread"] or self.clocks:
+            self.abandoned = True  # a thread cannot be stopped: it finishes on its own
+
+    def joined(self, calls: list[Call]) -> bool:
+        """Say whether another caller waits on one of these calls' keys."""
+        return any(self.once.joined(self.cells.get(call[0])) for call in calls)
 
     def settle_orphans(self, calls: list[Call], outcomes: list[Outcome]) -> None:
         """Settle the cells of outcomes that arrive after the run's loop has gone."""
@@ -537,13 +885,16 @@ class _Run:
         holds few of them at a time. Pools run what they are handed in order, and keep
         a shallow queue when units are long (see ``_ThreadPool.capacity``).
         """
-        if self.first is not None:
+        if self.first is not None or self.cancelled is not None:
             return  # stopping: nothing new starts
         tasks = self.tasks
         waiting = self.waiting
         localize = self.localize
+        limited = bool(self.free)
         for key in reversed(keys) if first else keys:
             task = tasks[key]
+            if limited and task.opts is not None and not self.acquire(key, task.opts.resources):
+                continue  # deferred until what it needs is free
             if localize and task.kind == "process":
                 self.local_units().enqueue(key, task.preds, first)
             elif first:
@@ -551,13 +902,37 @@ class _Run:
             else:
                 waiting[task.kind].append(key)
 
+    def acquire(self, key: Hashable, needs: Mapping[str, float]) -> bool:
+        """Take the resources ``key`` needs, or defer it (by priority) until they are free."""
+        if not needs or key in self.holding:
+            return True
+        free = self.free
+        if all(free[name] >= amount for name, amount in needs.items()):
+            for name, amount in needs.items():
+                free[name] -= amount
+            self.holding[key] = needs
+            return True
+        heapq.heappush(self.deferred, (-self.priority(key), next(self.seq), key))
+        return False
+
+    def release(self, key: Hashable) -> None:
+        """Give back what ``key`` held; start deferred keys that fit now, best first."""
+        needs = self.holding.pop(key, None)
+        if needs is None:
+            return
+        for name, amount in needs.items():
+            self.free[name] += amount
+        deferred, self.deferred = self.deferred, []
+        ready = [heapq.heappop(deferred)[2] for _ in range(len(deferred))]
+        self.enqueue(ready, first=False)  # what does not fit goes back to waiting
+
     def pump(self) -> None:
         """Hand waiting keys to their pools up to capacity; run inline ones right here."""
         for kind, keys in self.waiting.items():
             if not keys:
                 continue
             if kind == "inline":
-                while keys and self.first is None:
+                while keys and self.first is None and self.cancelled is None:
                     msg = self.start(keys.popleft(), None)
                     if msg is not None:
                         self.batch = [msg]  # for abort(), should handling be interrupted
@@ -566,10 +941,10 @@ class _Run:
                         self.batch = []  # hold no values the release rule has dropped
                         self.enqueue(ready)
                 continue
-            pool = self.pools.get(kind)
+            pool = self.pool(kind)
             capacity = pool.capacity  # it may change while we hand out work
             free = capacity - self.busy[kind]
-            while keys and free > 0 and self.first is None:
+            while keys and free > 0 and self.first is None and self.cancelled is None:
                 if self.start(keys.popleft(), pool) is not None:
                     free -= 1
             self.busy[kind] = capacity - free
@@ -583,8 +958,8 @@ class _Run:
     def start(self, key: Hashable, pool: Pool | None) -> Any:
         """Claim ``key``, chain its followers and start them; return what was started."""
         task = self.tasks[key]
-        if not (self.private or self.claim(task)):
-            return None
+        if not (self.private or key in self.cells or self.claim(task)):
+            return None  # joined (a retry owns its cell already)
         state = self.state
         if task.refs:
             if task.kind == "process":
@@ -595,7 +970,10 @@ class _Run:
         else:
             calls = [(key, task.fn, task.args, task.kwargs, (), True)]
         each = None
-        if key in state._next_in_chain:
+        timeout = None
+        if task.opts is not None and task.opts.timeout is not None:
+            timeout = self.time(key, calls, pool, task.opts.timeout)
+        elif key in state._next_in_chain and self.chaining:
             chain = state.chain(key)
             if len(chain) > 1 and not self.private:
                 chain = self.claim_followers(chain)
@@ -612,7 +990,7 @@ class _Run:
                 outcomes = run_calls(calls, None, Exception)
             else:
                 raw = task.kind == "process" and self.raw(key)
-                pool.submit(calls, self.sinks[task.kind], self.stop.is_set, each, raw)
+                pool.submit(calls, self.sinks[task.kind], self.stop.is_set, each, raw, timeout)
         except BaseException as exc:
             # No message will ever carry these calls: settle their cells here.
             for call in calls:
@@ -622,6 +1000,30 @@ class _Run:
             raise
         self.inflight += 1
         return pool if pool is not None else (calls, outcomes, None)
+
+    def time(
+        self, key: Hashable, calls: list[Call], pool: Pool | None, timeout: float
+    ) -> float | None:
+        """Arrange for a timed unit to be stopped; return the timeout the pool enforces.
+
+        Our process pool terminates the worker and an async pool cancels the coroutine;
+        a thread (or a given executor's worker) cannot be stopped, so its unit is
+        watched here (``clocks``) and abandoned when late.
+        """
+        if isinstance(pool, _ProcessPool):
+            self.timed = True
+            return timeout
+        if pool is not None and not isinstance(pool, (_ThreadPool, _ExecutorPool)):
+            return timeout  # async
+        _, fn, args, kwargs, refs, keep = calls[0]
+        clock = _Clock(fn, calls)
+        if isinstance(pool, _ExecutorPool):
+            clock.began = time.monotonic()  # its start is not seen from here: from now on
+        else:
+            fn = clock
+        calls[0] = (key, fn, args, kwargs, refs, keep)
+        self.clocks[key] = (clock, timeout)
+        return None
 
     def raw(self, key: Hashable) -> bool:
         """Say whether ``key``'s value may stay pickled: only process tasks will read it.
@@ -655,7 +1057,7 @@ class _Run:
         if self.local is None:
             pool = self.pools.get("process")
             assert isinstance(pool, _ProcessPool)
-            self.local = Local(pool, self.post_local, self.stop.is_set)
+            self.local = Local(pool, self.post_local, self.stop.is_set, self.new_queue)
             self.state.released = []
         return self.local
 
@@ -706,7 +1108,10 @@ class _Run:
         state = self.state
         send = not keep or state.keep_all or key in state.targets or key in read_here
         fn = local.function(task.fn, slot)
-        local.run(slot, [(key, fn, args, kwargs, (), True)], keep, send, _REDO if redo else None)
+        timeout = task.opts.timeout if task.opts is not None else None
+        self.timed = self.timed or timeout is not None
+        calls: list[Call] = [(key, fn, args, kwargs, (), True)]
+        local.run(slot, calls, keep, send, _REDO if redo else None, timeout)
         self.inflight += 1
 
     def has_value(self, key: Hashable) -> bool:
@@ -740,6 +1145,8 @@ class _Run:
             else:
                 self.ran += 1
                 self.state.finish(key, value)
+                if self.holding:
+                    self.release(key)
             return
         if redo:
             self.redo_failed(key, done.value)
@@ -904,12 +1311,19 @@ class _Run:
 
     def pooled_sink(self, kind: str, calls: list[Call], outcomes: list[Outcome]) -> None:
         """Report outcomes from a pool (called on the pool's thread)."""
-        if self.fail_fast and outcomes and not outcomes[-1][0]:
+        if self.fail_fast and outcomes and not outcomes[-1][0] and not self.may_retry(calls):
             self.stop.set()  # chains running elsewhere stop before their next task
         if self.private:  # nobody else waits on a private run's keys: no orphans
             self.queue.put((calls, outcomes, kind))
         else:
             self.post(calls, outcomes, kind)
+
+    def may_retry(self, calls: list[Call]) -> bool:
+        """Say whether a failure in ``calls`` may be retried (the loop decides)."""
+        if self.policy:
+            return True
+        opts = self.tasks[calls[-1][0]].opts
+        return opts is not None and bool(opts.retries)
 
     def sink(self, calls: list[Call], outcomes: list[Outcome]) -> None:
         """Report outcomes that no pool of this run produced (subscriptions, errors)."""
@@ -971,6 +1385,7 @@ class _Run:
         cells = self.cells
         busy = self.busy
         private = self.private
+        holding = self.holding
         ready: list[Hashable] = []
         for calls, outcomes, kind in batch:
             if kind is not None and type(kind) is not str:
@@ -979,19 +1394,34 @@ class _Run:
             if kind == _RETRY:
                 ready.append(calls[0][0])
                 continue
+            if kind == _WAKE:
+                self.inflight += 1  # not a unit
+                continue
+            if self.ignored and id(calls) in self.ignored:
+                del self.ignored[id(calls)]  # abandoned: already accounted for
+                self.inflight += 1
+                continue
             if kind is not None:
                 busy[kind] -= 1
+            if self.clocks:
+                self.clocks.pop(calls[0][0], None)
             if private and len(calls) == 1 and outcomes:  # the common case, kept lean
                 ok, value = outcomes[0]
+                key = calls[0][0]
                 if ok:
-                    finish(calls[0][0], value)
+                    finish(key, value)
+                    if holding:
+                        self.release(key)
                 else:
-                    self.fail(calls[0][0], value)
+                    self.fail(key, value)
                 self.ran += 1
                 continue
             last = len(calls) - 1
             for i, (ok, value) in enumerate(outcomes):
                 key = calls[i][0]
+                if not ok and self.retry(key, value):
+                    self.ran += 1
+                    break
                 if cells:
                     cell = cells.get(key)
                     if cell is not None:
@@ -1001,9 +1431,11 @@ class _Run:
                         self.once.settle(cell, ok, value)
                         del cells[key]
                 if not ok:
-                    self.fail(key, value)
+                    self.fail_final(key, value)
                     break
                 finish(key, value)
+                if holding:
+                    self.release(key)
                 if i < last:
                     ready += state.ready()  # graphlib hands out the chain's next key first
             if self.private:
@@ -1049,9 +1481,53 @@ class _Run:
         run_for(self.once, self.pools, wanted, run)
 
     def fail(self, key: Hashable, exc: BaseException) -> None:
+        """Record a failed attempt of ``key``: retry it if its policy says so, else fail."""
+        if not self.retry(key, exc):
+            self.fail_final(key, exc)
+
+    def fail_final(self, key: Hashable, exc: BaseException) -> None:
         failed = task_failed(key, exc)
+        task = self.tasks[key]
+        policy = self.policy_of(task)
+        if policy.retries:
+            tries = self.attempts.get(key, 1)
+            failed.attempts = tries
+            _note(failed, f"attempt {tries}/{policy.retries + 1} on {task.kind} pool")
         self.state.fail(key, failed)
         self.stop_at(failed)
+        if self.holding:
+            self.release(key)
+
+    def policy_of(self, task: _Task) -> Policy:
+        opts = task.opts
+        if opts is None:
+            return self.policy
+        return Policy(opts.retries, opts.retry_on, opts.backoff).under(self.policy)
+
+    def retry(self, key: Hashable, exc: BaseException) -> bool:
+        """Schedule another attempt of ``key`` after its backoff, if its policy allows.
+
+        A worker that died or a timeout counts as a failed attempt like any exception;
+        what cannot change on another try (unpicklable data) is not retried.
+        """
+        task = self.tasks[key]
+        policy = self.policy_of(task)
+        if not policy.retries or self.first is not None or self.cancelled is not None:
+            return False
+        if isinstance(exc, (Unpicklable, Stopped)):
+            return False
+        tries = self.attempts.get(key, 1)
+        cause = task_failed(key, exc) if isinstance(exc, Expired) else exc
+        if tries > policy.retries or not policy.retries_on(cause):
+            return False
+        self.attempts[key] = tries + 1
+        self.retried += 1
+        due = time.monotonic() + policy.delay(tries)
+        heapq.heappush(self.timers, (due, next(self.seq), key))
+        self.inflight += 1  # the loop waits for it like for a unit in flight
+        if self.holding:
+            self.release(key)
+        return True
 
     def stop_at(self, failed: TaskFailed) -> None:
         """Stop starting work at the first failure, when failing fast."""
@@ -1061,7 +1537,9 @@ class _Run:
             if self.local is not None:
                 self.local.clear()
 
-    def results(self) -> Results:
+    def results(self, raising: bool = True) -> Results:
+        """Return the run's Results; raise its first failure (with them) if it failed
+        fast, unless not ``raising``."""
         state = self.state
         errors: dict[Hashable, TaskFailed] = dict(state.errors)  # type: ignore[arg-type]
         skipped: dict[Hashable, TaskFailed] = {}
@@ -1084,12 +1562,84 @@ class _Run:
             values_moved=local.moved if local is not None else 0,
             bytes_moved=local.bytes_moved if local is not None else 0,
             tasks_recomputed=self.recomputed,
+            tasks_retried=self.retried,
         )
         results = Results(state.target_values(), errors, skipped, stats)
-        if self.first is not None:
+        if self.first is not None and raising:
             self.first.results = results
             raise self.first
         return results
+
+
+def _note(exc: BaseException, note: str) -> None:
+    """Add ``note`` to ``exc`` (``add_note``, Python 3.11+; on 3.10 into its message)."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    elif isinstance(exc, TaskFailed):
+        exc.reason = f"{exc.reason} ({note})"
+        exc.args = (exc._message(),)
+
+
+class _Clock:
+    """Wraps a timed thread task's function to note when it starts running."""
+
+    __slots__ = ("began", "calls", "fn")
+
+    def __init__(self, fn: Callable[..., Any], calls: list[Call]) -> None:
+        self.fn = fn
+        self.calls = calls
+        self.began = 0.0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.began = time.monotonic()
+        return self.fn(*args, **kwargs)
+
+
+class _Ready:
+    """Ready keys, highest priority first; a drop-in for the run's deques.
+
+    Within one priority, ``appendleft`` goes before every key there and ``append``
+    after, as with a deque, so the depth-first order holds among equals.
+    """
+
+    __slots__ = ("back", "front", "heap", "priority")
+
+    def __init__(self, priority: Callable[[Hashable], int]) -> None:
+        self.heap: list[tuple[int, int, Hashable]] = []
+        self.priority = priority
+        self.front = 0
+        self.back = 0
+
+    def appendleft(self, key: Hashable) -> None:
+        self.front -= 1
+        heapq.heappush(self.heap, (-self.priority(key), self.front, key))
+
+    def append(self, key: Hashable) -> None:
+        self.back += 1
+        heapq.heappush(self.heap, (-self.priority(key), self.back, key))
+
+    def popleft(self) -> Hashable:
+        return heapq.heappop(self.heap)[2]
+
+    def pop(self) -> Hashable:
+        """Remove and return the key that would come out last."""
+        last = max(self.heap)
+        self.heap.remove(last)
+        heapq.heapify(self.heap)
+        return last[2]
+
+    def __getitem__(self, index: int) -> Hashable:
+        if index == 0:
+            return self.heap[0][2]
+        if index == -1:
+            return max(self.heap)[2]
+        raise IndexError("a priority queue is read only at its ends")
+
+    def clear(self) -> None:
+        self.heap.clear()
+
+    def __len__(self) -> int:
+        return len(self.heap)
 
 
 class _Redo:

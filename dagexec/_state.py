@@ -135,17 +135,23 @@ class RunState:
         """Return ``key`` followed by the tasks that can run right after it in one go.
 
         A thread task joins the chain when its only predecessor is the previous task of
-        the chain, it is that task's only dependent, and it is a thread task too. Nothing
+        the chain, it is that task's only dependent, and it is a thread task without
+        options too. Nothing
         is lost by running them back to back on one worker: each could only start when
         the previous one finished. (Process tasks are not chained: a chain on another
         process could not see the run stop between its tasks.)
         """
         tasks = self.tasks
         chain = [key]
-        if tasks[key].kind != "thread":
-            return chain
+        if tasks[key].kind != "thread" or tasks[key].opts is not None:
+            return chain  # a task with options (retries, timeout, ...) runs on its own
         nxt = self._next_in_chain.get(key)
-        while nxt is not None and self.remaining.get(key) == 1 and tasks[nxt].kind == "thread":
+        while (
+            nxt is not None
+            and self.remaining.get(key) == 1
+            and tasks[nxt].kind == "thread"
+            and tasks[nxt].opts is None
+        ):
             chain.append(nxt)
             self.fused.add(nxt)
             key = nxt

@@ -10,6 +10,8 @@ import pytest
 import dagexec
 
 EXPORTS = [
+    "Backoff",
+    "Cancelled",
     "CycleError",
     "DagexecError",
     "DuplicateKeyError",
@@ -21,6 +23,7 @@ EXPORTS = [
     "RunStats",
     "Runner",
     "TaskFailed",
+    "TaskTimeout",
     "WorkerDied",
     "__version__",
     "imap_shared",
@@ -92,6 +95,18 @@ def test_graph_error_is_a_dagexec_error_and_a_value_error() -> None:
 @pytest.mark.parametrize("error", [dagexec.TaskFailed, dagexec.WorkerDied])
 def test_run_errors_subclass_dagexec_error(error: type[Exception]) -> None:
     assert issubclass(error, dagexec.DagexecError)
+
+
+def test_task_timeout_is_a_task_failed_and_a_timeout_error() -> None:
+    assert issubclass(dagexec.TaskTimeout, dagexec.TaskFailed)
+    assert issubclass(dagexec.TaskTimeout, TimeoutError)
+
+
+def test_cancelled_is_a_dagexec_error_and_a_futures_cancelled_error() -> None:
+    import concurrent.futures
+
+    assert issubclass(dagexec.Cancelled, dagexec.DagexecError)
+    assert issubclass(dagexec.Cancelled, concurrent.futures.CancelledError)
 
 
 def test_dagexec_error_is_an_exception() -> None:
