@@ -177,13 +177,13 @@ def dask_distributed(job: Job, workers: int) -> Outcome:
     return Outcome(dict(zip(job.pairs(), out, strict=True)), clock.wall_s, {"startup_s": startup})
 
 
-def _dagexec_graph(kind: str, job: Job, workers: int) -> Outcome:
+def _dagexec_graph(kind: str, job: Job, workers: int, parse_priority: int = 0) -> Outcome:
     import dagexec
 
     with _timed() as clock:
         g = dagexec.Graph()
         for i in range(job.files):
-            value = g.add(("parse", i), parse, job, i, kind=kind)
+            value = g.add(("parse", i), parse, job, i, kind=kind, priority=parse_priority)
             for r in range(job.checks):
                 g.add(("check", i, r), check, job, value, i, r, kind=kind)
         res = g.run(max_workers=workers)
@@ -203,6 +203,12 @@ def dagexec_graph_thread(job: Job, workers: int) -> Outcome:
 def dagexec_graph_process(job: Job, workers: int) -> Outcome:
     """``dagexec.Graph``, every task ``kind="process"``."""
     return _dagexec_graph("process", job, workers)
+
+
+def dagexec_graph_thread_breadth(job: Job, workers: int) -> Outcome:
+    """``dagexec.Graph`` with threads, parses given ``priority=1``: every parse runs
+    before any check (breadth-first, as staging does), against the default order."""
+    return _dagexec_graph("thread", job, workers, parse_priority=1)
 
 
 def _dagexec_map(kind: str, job: Job, workers: int) -> Outcome:
@@ -241,6 +247,7 @@ VARIANTS: dict[str, Callable[[Job, int], Outcome]] = {
     "joblib-staged": joblib_staged,
     "dagexec-graph-thread": dagexec_graph_thread,
     "dagexec-graph-process": dagexec_graph_process,
+    "dagexec-graph-thread-breadth": dagexec_graph_thread_breadth,
     "dagexec-map-thread": dagexec_map_thread,
     "dagexec-map-process": dagexec_map_process,
 }

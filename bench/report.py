@@ -172,6 +172,8 @@ D_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "dagexec-thread": ("run_dagexec", {"kind": "thread"}),
     "dagexec-process": ("run_dagexec", {"kind": "process"}),
 }
+# (c) only: the default depth-first order against parses first (priority=1).
+BREADTH = "dagexec-graph-thread-breadth"
 LINT_EXAMPLE = REPO / "examples" / "lint_stdlib.py"
 SHAPES = ("wide", "chain", "fanout")
 
@@ -198,6 +200,7 @@ C_DEFAULT = (
     "dask-threaded",
     "dagexec-graph-thread",
     "dagexec-map-thread",
+    BREADTH,
 )
 QUICK = Mode("quick", (10_000,), 6, 48, C_DEFAULT, d_limit=40, timeout_s=120)
 FULL = Mode("full", (10_000, 100_000), 24, 64, (*C_DEFAULT, "dask-distributed"), 500, timeout_s=900)
@@ -760,6 +763,13 @@ def _targets_c(rows: dict[str, dict[str, Any]]) -> list[Target]:
         out.append(
             _compare("c", rows, mine, "staged-threads", "peak_rss", text, lambda r: r <= 0.1, _mb)
         )
+    if "dagexec-graph-thread" in rows and BREADTH in rows:
+        text = "dagexec-graph-thread (depth-first, default) peak RSS / breadth-first (priority)"
+        out.append(
+            _compare(
+                "c", rows, "dagexec-graph-thread", BREADTH, "peak_rss", text, bool, _mb, info=True
+            )
+        )
     for mine in ("dagexec-graph-process", "dagexec-map-process"):  # only when asked for
         for peer in ("dask-threaded", "staged-processes"):
             if mine in rows and peer in rows:
@@ -1041,7 +1051,7 @@ def _choose(args: argparse.Namespace, mode: Mode, workloads: list[str]) -> dict[
     chosen = {
         "a": _select(patterns, list(A_VARIANTS)),
         "b": _select(patterns, list(JOB_VARIANTS)),
-        "c": _select(patterns, list(JOB_VARIANTS)) if patterns else list(mode.c_variants),
+        "c": _select(patterns, [*JOB_VARIANTS, BREADTH]) if patterns else list(mode.c_variants),
         "d": _select(patterns, list(D_VARIANTS)),
     }
     for w in ("b", "c", "d"):

@@ -44,7 +44,7 @@ class Busy(DuplicateKeyError):
 class Cell:
     """The once-cell of one key: pending until its owner settles it."""
 
-    __slots__ = ("callbacks", "done", "hold", "lineage", "ok", "task", "value")
+    __slots__ = ("callbacks", "done", "hold", "lineage", "ok", "task", "value", "wanted")
 
     def __init__(self, task: _Task, hold: bool) -> None:
         self.task = task
@@ -54,6 +54,11 @@ class Cell:
         self.value: Any = None
         self.callbacks: list[Callback] = []
         self.lineage: Lineage = ()
+        self.wanted = 1  # callers that want its outcome (its owner, then joiners)
+
+    def unwanted(self) -> bool:
+        """Say whether every caller has given it up (``OnceMap.unwant``); a hint."""
+        return self.wanted <= 0
 
 
 class OnceMap:
@@ -95,6 +100,7 @@ class OnceMap:
                     if not cell.done:
                         if on_done is not None:
                             cell.callbacks.append(on_done)
+                        cell.wanted += 1
                         return cell, False
                     break  # settled and held: answer outside the lock
             # Comparing definitions runs user __eq__ code: never under the lock.
@@ -145,6 +151,19 @@ class OnceMap:
                 cell.value = None  # delivered below; a cell must not keep a value alive
         for callback in callbacks:
             callback(ok, value)
+
+    def unwant(self, cell: Cell, callback: Callback | None) -> None:
+        """A caller gives ``cell`` up (it cancelled its future): forget its callback.
+
+        Once nobody wants it, a unit that has not started is skipped (``Cell.unwanted``
+        is its ``stop``), and its cell is released.
+        """
+        with self._lock:
+            if cell.done:
+                return
+            cell.wanted -= 1
+            if callback is not None and callback in cell.callbacks:
+                cell.callbacks.remove(callback)
 
     def joined(self, cell: Cell | None) -> bool:
         """Say whether someone other than its owner waits on ``cell``."""

@@ -89,7 +89,24 @@ def _gc_paused() -> Iterator[None]:
 
 
 class _TaskFuture(Future[T]):
-    """A Future whose waiters on a dagexec worker thread lend their pool a thread."""
+    """A Future of a submitted task; cancelling it gives up the caller's interest.
+
+    Its waiters on a dagexec worker thread lend their pool a thread. When every caller
+    of a key has cancelled its future and the task has not started, it never starts.
+    """
+
+    _once: OnceMap | None = None
+    _cell: Cell | None = None
+    _callback: Any = None
+
+    def cancel(self) -> bool:
+        """Cancel this caller's future; the task too if nobody else wants it and it has
+        not started (a task that started runs on, its value held by the Runner)."""
+        if not super().cancel():
+            return False
+        if self._once is not None and self._cell is not None:
+            self._once.unwant(self._cell, self._callback)
+        return True
 
     def result(self, timeout: float | None = None) -> T:
         pool = current_thread_pool()
@@ -186,6 +203,7 @@ class Runner:
             _settle_future(future, key, ok, value)
 
         cell, owner = self._once.claim(task, hold=True, on_done=done)
+        future._once, future._cell, future._callback = self._once, cell, done
         if owner:
             self._once.subscribe(cell, done)
             calls: list[Call] = [(key, fn, args, task.kwargs, (), True)]
@@ -194,7 +212,7 @@ class Runner:
             if kind == "inline" or (kind == "thread" and on_our_thread):
                 run_here(self._once, cell, calls)  # not queued behind ourselves
             else:
-                run_for(self._once, self._pools, [cell], calls)
+                run_for(self._once, self._pools, [cell], calls, stop=cell.unwanted)
         return future
 
     def run(
@@ -441,17 +459,29 @@ def run_here(once: OnceMap, cell: Cell, calls: list[Call]) -> None:
 
 
 def run_for(
-    once: OnceMap, pools: Pools, cells: list[Cell], calls: list[Call], raw: bool = False
+    once: OnceMap,
+    pools: Pools,
+    cells: list[Cell],
+    calls: list[Call],
+    raw: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run ``calls`` (one task or a chain) for whoever waits on ``cells``; settle each.
 
     ``raw``: a process task's value stays pickled (``Pickled``), for process tasks only.
+    ``stop``: asked when the unit is about to start; True skips it (nobody wants it any
+    more), and its cells are released, or the unit is run anyway for a caller that
+    joined in between.
     """
 
     def each(i: int, ok: bool, value: Any) -> None:
         once.settle(cells[i], ok, value)
 
     def settle(_calls: list[Call], outcomes: list[Outcome]) -> None:
+        if not outcomes:  # skipped: every caller gave it up before it started
+            if not all([once.release(cell) for cell in cells]):
+                run_for(once, pools, cells, calls, raw)  # someone joined meanwhile
+            return
         for cell, (ok, value) in zip(cells, outcomes):  # noqa: B905 (a failure ends it)
             once.settle(cell, ok, value)  # again: does nothing if ``each`` did it
         if len(outcomes) < len(cells):
@@ -461,7 +491,7 @@ def run_for(
 
     try:
         pool = pools.get(cells[0].task.kind)
-        pool.submit(calls, settle, None, each if len(calls) > 1 else None, raw)
+        pool.submit(calls, settle, stop, each if len(calls) > 1 else None, raw)
     except RuntimeError as exc:  # the Runner was shut down
         for cell in cells:
             once.settle(cell, False, exc)
