@@ -641,7 +641,7 @@ class _ProcessPool:
                 assert head.timeout is not None
                 self._kill(slot, head, Expired(head.timeout, "its process worker was terminated"))
 
-    def kill(self, stop: Stop, spare: Callable[[list[Call]], bool] | None = None) -> int:
+    def kill(self, stop: Stop | None, spare: Callable[[list[Call]], bool] | None = None) -> int:
         """Terminate the workers running units of the run whose ``stop`` this is.
 
         Its units queued behind others never start (``stop`` is set); units of other

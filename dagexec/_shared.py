@@ -37,6 +37,7 @@ again (``recomputed``), its items waiting for it as for a new key.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
@@ -232,6 +233,11 @@ class _Spec:
         for name, f, k in (("fn", fn, kind), ("shared", shared, shared_kind)):
             if k == "process":
                 _check_picklable(name, f)
+            if k != "async" and inspect.iscoroutinefunction(f):
+                raise TypeError(
+                    f"map_shared: {name} is a coroutine function; pass "
+                    f"{'kind' if name == 'fn' else 'shared_kind'}='async'"
+                )
         self.fn = fn
         self.shared = shared
         self.key = key
@@ -314,6 +320,9 @@ def _stream(
         # A map waiting on a dagexec worker thread lends its pool a thread.
         with worker_of.blocking() if worker_of is not None else nullcontext():
             yield from loop.run(entries, window)
+    except BaseException:  # Ctrl-C, or the consumer closed an imap early
+        _halt(loop, own)
+        raise
     finally:
         loop.stop.set()  # queued work is skipped, whatever ended the loop
         if loop.local is not None:
@@ -322,6 +331,20 @@ def _stream(
             own.shutdown(wait=True)
     if loop.first is not None:
         raise loop.first
+
+
+def _halt(loop: _Loop, own: Runner | None) -> None:
+    """Terminate the process workers running the map's units.
+
+    Items and kept-value units carry the map's ``stop``; shared calls on our own
+    Runner carry none (on a given Runner, another caller may have joined them).
+    """
+    loop.stop.set()
+    pool = loop.pools.peek("process")
+    if isinstance(pool, _ProcessPool):
+        pool.kill(loop.stop.is_set)
+        if own is not None:
+            pool.kill(None)
 
 
 class _Loop:
@@ -346,14 +369,16 @@ class _Loop:
         self.ready: deque[tuple[int, Any, Hashable]] = deque()
         self.wanted: deque[Hashable] = deque()
         self.owned: set[Hashable] = set()
-        self.busy = {"thread": 0, "process": 0}
+        self.busy = {"thread": 0, "process": 0, "async": 0}
         self.inflight = 0
         self.open = 0  # items admitted and not finished
         self.next_key: object = _NOTHING
         self.first: TaskFailed | None = None
         self.ran = 0  # calls of fn and shared made for this map
         self.reused = 0  # shared values held by the Runner or computed by another caller
-        self.sinks = {kind: partial(self.item_sink, kind) for kind in ("thread", "process")}
+        self.sinks = {
+            kind: partial(self.item_sink, kind) for kind in ("thread", "process", "async")
+        }
         self.local: Local | None = None
         if self.ship and not hold and pools.owns("process"):
             pool = pools.get("process")
