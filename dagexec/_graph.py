@@ -524,17 +524,15 @@ class Graph:
         runner = _private_runner(max_workers, executors)
         return await runner._arun(
             self,
-            dict(
-                targets=targets,
-                keep=keep,
-                on_error=on_error,
-                retries=retries,
-                retry_on=retry_on,
-                backoff=backoff,
-                timeout=timeout,
-                limits=limits,
-            ),
-            close=True,
+            True,
+            targets=targets,
+            keep=keep,
+            on_error=on_error,
+            retries=retries,
+            retry_on=retry_on,
+            backoff=backoff,
+            timeout=timeout,
+            limits=limits,
         )
 
 

@@ -284,7 +284,9 @@ class Runner:
         sessions), thread and process tasks on their pools. Cancelling the awaiting
         task cancels the run: it raises ``asyncio.CancelledError`` once the run stopped.
         """
-        options = dict(
+        return await self._arun(
+            graph,
+            False,
             targets=targets,
             keep=keep,
             on_error=on_error,
@@ -294,9 +296,8 @@ class Runner:
             timeout=timeout,
             limits=limits,
         )
-        return await self._arun(graph, options, close=False)
 
-    async def _arun(self, graph: Graph, options: dict[str, Any], close: bool) -> Results:
+    async def _arun(self, graph: Graph, close: bool, **options: Any) -> Results:
         """``arun``; ``close``: shut the pools down after the run, off the event loop."""
         try:
             run = self._plan(graph, **options)
