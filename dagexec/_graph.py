@@ -13,6 +13,7 @@ import inspect
 import io
 import itertools
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import cloudpickle
@@ -160,11 +161,19 @@ def check_task(key: Hashable, fn: object, kind: str) -> None:
         raise TypeError(f"task {key!r}: {fn!r} is not callable; pass a function as fn")
     if kind not in KINDS:
         raise TypeError(f"task {key!r}: unknown kind {kind!r}; choose one of {sorted(KINDS)}")
-    if kind != "async" and inspect.iscoroutinefunction(fn):
+    if kind != "async" and _is_coroutine_function(fn):
         raise TypeError(
             f"task {key!r}: {_name(fn)} is a coroutine function; use kind='async' "
             "(the default for coroutine functions) or wrap it in asyncio.run"
         )
+
+
+def _is_coroutine_function(fn: object) -> bool:
+    """``inspect.iscoroutinefunction``, with a fast path for plain functions (it is
+    asked at every ``add``)."""
+    if type(fn) is FunctionType and not hasattr(fn, "_is_coroutine_marker"):
+        return bool(fn.__code__.co_flags & inspect.CO_COROUTINE)
+    return inspect.iscoroutinefunction(fn)
 
 
 def _name(fn: Callable[..., Any]) -> str:
@@ -361,12 +370,21 @@ class Graph:
         except TypeError:
             raise unhashable(key) from None
         if kind is None:
-            kind = "async" if inspect.iscoroutinefunction(fn) else self.default_kind
+            kind = "async" if _is_coroutine_function(fn) else self.default_kind
             if not callable(fn):
                 check_task(key, fn, kind)
         else:
             check_task(key, fn, kind)
-        opts = make_options(key, kind, retries, retry_on, backoff, timeout, resources, priority)
+        opts = None
+        if not (
+            retries is None
+            and retry_on is None
+            and backoff is None
+            and timeout is None
+            and not resources
+            and not priority
+        ):
+            opts = make_options(key, kind, retries, retry_on, backoff, timeout, resources, priority)
         deps: tuple[Hashable, ...] = ()
         refs: tuple[int, ...] | int = ()
         if args:
@@ -435,7 +453,7 @@ class Graph:
         Everything must be picklable with cloudpickle to be hashed.
         """
         if kind is None:
-            kind = "async" if inspect.iscoroutinefunction(fn) else self.default_kind
+            kind = "async" if _is_coroutine_function(fn) else self.default_kind
         if isinstance(after, (str, bytes, Ref)) or not isinstance(after, Iterable):
             after = [after]  # add() rejects what is not a key
         after = list(after)

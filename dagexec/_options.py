@@ -150,17 +150,8 @@ def make_options(
     timeout: Any,
     resources: Any,
     priority: Any,
-) -> Options | None:
-    """Validate a task's options; return None when it sets none (the common case)."""
-    if (
-        retries is None
-        and retry_on is None
-        and backoff is None
-        and timeout is None
-        and not resources
-        and not priority
-    ):
-        return None
+) -> Options:
+    """Validate a task's options (``Graph.add`` calls it only when some are set)."""
     where = f"task {key!r}"
     check_policy(where, retries, retry_on, backoff)
     if timeout is not None:
