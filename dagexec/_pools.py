@@ -30,6 +30,7 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import BrokenExecutor, Executor, Future
 from contextlib import contextmanager
 from functools import partial
+from multiprocessing.connection import wait as mp_wait
 from queue import SimpleQueue
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Union
@@ -483,6 +484,7 @@ def _worker_died(exc: BaseException) -> WorkerDied:
     return died
 
 
+_KILL_WAIT = 5.0  # seconds shutdown waits for terminated workers to exit
 _DEPTH = 2  # units in flight per worker: the next one is on its way while one runs
 _DEEP = 8  # ... when units are short: a unit's round trip takes about a millisecond
 _SHORT_UNIT = 0.005  # seconds: units shorter than this on average get the deep queue
@@ -567,6 +569,8 @@ class _ProcessPool:
         self._slots = [_Slot() for _ in range(max_workers)]
         self._pending: deque[_Work] = deque()
         self._executors: list[ProcessPoolExecutor] = []
+        self._killed: set[ProcessPoolExecutor] = set()  # terminated by kill or expire
+        self._doomed: list[int] = []  # sentinels of their worker processes
         self._closed = False
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -671,6 +675,8 @@ class _ProcessPool:
             slot.running = []
         # Its futures fail (ShutdownExecutorError); _finished reports ``work`` as killed
         # and hands the units queued behind it to the next worker of this slot.
+        self._killed.add(executor)
+        self._doomed += [p.sentinel for p in list(getattr(executor, "_processes", {}).values())]
         executor.shutdown(wait=False, kill_workers=True)
 
     def room(self, slot: int) -> int:
@@ -827,7 +833,11 @@ class _ProcessPool:
         for work in pending:
             work.finish(None, shut, -1)
         for executor in executors:
-            executor.shutdown(wait=wait)
+            # A plain shutdown would clear a kill that loky's manager thread has not
+            # carried out yet, and let a terminated worker run its task to the end.
+            executor.shutdown(wait=wait, kill_workers=executor in self._killed)
+        if wait and self._doomed:  # terminated workers are gone, not just signalled
+            mp_wait(self._doomed, timeout=_KILL_WAIT)
 
 
 def _slot_load(slot: _Slot) -> int:
