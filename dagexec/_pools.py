@@ -28,7 +28,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import BrokenExecutor, Executor, Future
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from multiprocessing.connection import wait as mp_wait
 from queue import SimpleQueue
@@ -42,7 +42,7 @@ from loky.process_executor import ShutdownExecutorError
 
 from ._errors import WorkerDied
 from ._graph import KINDS, resolve_args
-from ._worker import new_token
+from ._worker import new_token, run_unit
 
 if TYPE_CHECKING:
     from ._aio import _AsyncPool
@@ -259,14 +259,22 @@ class _ThreadPool:
         Without it, a task that submits work to its own pool and waits for it can
         deadlock a pool whose workers are all waiting (pool starvation).
         """
-        with self._lock:
-            self._max += 1
-        self._spawn()
+        self.lend()
         try:
             yield
         finally:
-            with self._lock:
-                self._max -= 1
+            self.unlend()
+
+    def lend(self) -> None:
+        """Add a worker for one that is held up (waiting, or running an abandoned unit)."""
+        with self._lock:
+            self._max += 1
+        self._spawn()
+
+    def unlend(self) -> None:
+        """Take back a lent worker: the first one to finish a unit while over size retires."""
+        with self._lock:
+            self._max -= 1
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
@@ -292,6 +300,12 @@ class _ThreadPool:
 
 
 # -- processes -------------------------------------------------------------------------
+
+
+def _preload(payload: bytes) -> None:
+    """Unpickle a unit without running it: a new worker imports what it needs."""
+    with suppress(Exception):  # the unit itself will fail the same way, and say so
+        cloudpickle.loads(payload)
 
 
 def _process_entry(payload: bytes) -> list[tuple[bool, bytes]]:
@@ -535,10 +549,12 @@ class _Slot:
     ``running`` the units handed to its executor, oldest (the one running) first;
     ``generation`` grows each time its executor is retired, so a unit submitted to a
     retired executor is known to have died with it without running, and a value kept
-    in a worker of an older generation is known to be gone.
+    in a worker of an older generation is known to be gone;
+    ``up`` says its worker process has started (a no-op came back from it), and
+    ``starter`` is the thread starting it (see ``_ProcessPool._executor``).
     """
 
-    __slots__ = ("executor", "generation", "load", "pending", "running")
+    __slots__ = ("executor", "generation", "load", "pending", "running", "starter", "up")
 
     def __init__(self) -> None:
         self.executor: ProcessPoolExecutor | None = None
@@ -546,6 +562,8 @@ class _Slot:
         self.load = 0
         self.pending: deque[_Work] = deque()
         self.running: list[_Work] = []
+        self.starter: threading.Thread | None = None
+        self.up = False
 
 
 class _ProcessPool:
@@ -638,6 +656,7 @@ class _ProcessPool:
                     head is not None
                     and head.timeout is not None
                     and head.killed is None
+                    and head.began  # 0 while its worker is starting: not running yet
                     and now - head.began > head.timeout
                 )
             if late:
@@ -653,6 +672,7 @@ class _ProcessPool:
         to leave a unit running (another caller waits for it). Return how many workers
         were terminated.
         """
+        self._join_starters()  # a worker being started is known before we look
         killed = 0
         for slot in self._slots:
             with self._lock:
@@ -734,10 +754,14 @@ class _ProcessPool:
                     future, generation = self._submit(slot, work)
                 except Exception as exc:  # shut down
                     work.finish(None, exc, slot.generation)
+                except BaseException:  # Ctrl-C: the unit was not handed over
+                    with self._lock:
+                        slot.load -= 1
+                    raise
                 else:
                     with self._lock:
                         if generation == slot.generation:
-                            if not slot.running:
+                            if not slot.running and slot.up:
                                 work.began = monotonic()
                             slot.running.append(work)
                     future.add_done_callback(partial(self._finished, slot, work, generation))
@@ -755,20 +779,69 @@ class _ProcessPool:
         if slot.load == 1 and slot.executor is not None and not _alive(slot.executor):
             self._lost(slot, BrokenExecutor("its worker died while idle"))
         try:
-            future = self._executor(slot).submit(work.fn, *work.args)
+            future = self._executor(slot, work).submit(work.fn, *work.args)
         except BrokenExecutor as exc:
             self._lost(slot, exc)
-            future = self._executor(slot).submit(work.fn, *work.args)
+            future = self._executor(slot, work).submit(work.fn, *work.args)
         return future, slot.generation
 
-    def _executor(self, slot: _Slot) -> ProcessPoolExecutor:
+    def _executor(self, slot: _Slot, work: _Work) -> ProcessPoolExecutor:
+        """Return the slot's executor; a new one has its worker process started first.
+
+        The start (loky spawns the worker on the first submit) runs on a thread of its
+        own that we wait for: a Ctrl-C landing in our wait cannot cut it half way and
+        leave a process nobody knows of, since the thread finishes it, and ``kill`` and
+        ``shutdown`` wait for it. The thread sends a no-op, or for a timed ``work`` the
+        loading of its code (imports included); the unit's timeout counts from when
+        that came back, not from the spawn.
+        """
         with self._lock:
             if self._closed:
                 raise RuntimeError("this Runner is shut down; create a new one")
-            if slot.executor is None:
-                slot.executor = ProcessPoolExecutor(max_workers=1)
-                self._executors.append(slot.executor)
-            return slot.executor
+            executor = slot.executor
+            if executor is None:
+                executor = slot.executor = ProcessPoolExecutor(max_workers=1)
+                self._executors.append(executor)
+                slot.up = False
+                slot.starter = threading.Thread(
+                    target=self._start,
+                    args=(slot, executor, slot.generation, work),
+                    name="dagexec-process-start",
+                )
+                slot.starter.start()
+            starter = slot.starter
+        if starter is not None:
+            starter.join()
+            slot.starter = None  # racy but harmless: joining twice is fine
+        return executor
+
+    def _start(
+        self, slot: _Slot, executor: ProcessPoolExecutor, generation: int, work: _Work
+    ) -> None:
+        try:
+            if work.timeout is not None and work.fn in (_process_entry, run_unit):
+                payload = work.args[0] if work.fn is _process_entry else work.args[1]
+                ready = executor.submit(_preload, payload)
+            else:
+                ready = executor.submit(os.getpid)
+        except Exception:  # broken or shut down already: its units will say so
+            return
+        ready.add_done_callback(partial(self._up, slot, generation))
+
+    def _up(self, slot: _Slot, generation: int, _ready: Future[Any]) -> None:
+        """The slot's worker has started: its first unit's clock starts now."""
+        with self._lock:
+            if slot.generation != generation:
+                return
+            slot.up = True
+            if slot.running and not slot.running[0].began:
+                slot.running[0].began = monotonic()
+
+    def _join_starters(self) -> None:
+        for slot in self._slots:
+            starter = slot.starter
+            if starter is not None:
+                starter.join()
 
     def _lost(self, slot: _Slot, exc: BaseException) -> BaseException:
         """Retire the slot's executor if ``exc`` says it broke; return what to report."""
@@ -822,7 +895,7 @@ class _ProcessPool:
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
-            self._closed = True
+            self._closed = True  # no worker starts after this
             executors, self._executors = self._executors, []
             pending = list(self._pending)
             self._pending.clear()
@@ -832,6 +905,7 @@ class _ProcessPool:
         shut = RuntimeError("the Runner was shut down before this task ran")
         for work in pending:
             work.finish(None, shut, -1)
+        self._join_starters()  # a worker being started is known (and shut down) too
         for executor in executors:
             # A plain shutdown would clear a kill that loky's manager thread has not
             # carried out yet, and let a terminated worker run its task to the end.

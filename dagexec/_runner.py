@@ -700,6 +700,7 @@ class _Run:
         self.holding: dict[Hashable, Mapping[str, float]] = {}
         self.deferred: list[tuple[int, int, Hashable]] = []
         self.loop_pool: Pool | None = None  # an _AsyncPool on the caller's loop (arun)
+        self.early: dict[Hashable, Any] = {}  # values computed in chains (keep_each)
         self.prioritized = False
         if graph._options:
             self.check_options()
@@ -846,7 +847,9 @@ class _Run:
         del self.clocks[key]
         self.ignored[id(clock.calls)] = clock.calls
         self.inflight -= 1
-        self.busy[self.tasks[key].kind] -= 1
+        kind = self.tasks[key].kind
+        self.busy[kind] -= 1
+        clock.lend(self.pool(kind))  # what is queued behind it does not wait for it
         self.abandoned = True
         exc = Expired(timeout, "a thread cannot be stopped: it was abandoned and runs on")
         if self.retry(key, exc):
@@ -873,15 +876,39 @@ class _Run:
         if self.local is not None:
             self.local.clear()
         self.halt_workers()
-        if self.private:
-            return  # nobody else can wait on anything of this run
         with self.orphan_lock:
-            self.orphaned = True
+            # A private run's keys nobody else waits on: no orphans to settle.
+            self.orphaned = not self.private
             messages, self.batch = self.batch, []  # an interrupted handle() left these
             while not self.queue.empty():
                 messages.append(self.queue.get())
-        for calls, outcomes, _ in messages:
-            self.settle_orphans(calls, outcomes)
+        self.keep_computed(messages)
+        if not self.private:
+            for calls, outcomes, _ in messages:
+                self.settle_orphans(calls, outcomes)
+
+    def keep_computed(self, messages: list[_Message]) -> None:
+        """Record the targets computed before the run stopped that it has not handled:
+        outcomes still queued, values computed inside chains still running, cells
+        settled for other callers. Nothing computed is lost."""
+        state = self.state
+        targets = state.targets
+        keep_all = state.keep_all
+
+        def keep(key: Hashable, value: Any) -> None:
+            if (keep_all or key in targets) and not state.is_done(key):
+                state.values[key] = value
+
+        for calls, outcomes, kind in messages:
+            if kind is None or type(kind) is str:  # a unit's outcomes
+                for (key, *_), (ok, value) in zip(calls, outcomes):  # noqa: B905
+                    if ok:
+                        keep(key, value)
+        for key, value in self.early.items():
+            keep(key, value)
+        for key, cell in self.cells.items():
+            if cell.done and cell.ok:
+                keep(key, cell.value)
 
     def halt_workers(self) -> None:
         """Terminate process workers and cancel async tasks running this run's units."""
@@ -1014,6 +1041,13 @@ class _Run:
                     each = partial(self.settle_each, [self.cells[k] for k in chain])
             if len(chain) > 1:
                 self.add_chain(calls, chain)
+                if self.private:
+                    # Should the run stop while the chain runs on, what it computed stays.
+                    kept = {
+                        i: k for i, k in enumerate(chain) if state.keep_all or k in state.targets
+                    }
+                    if kept:
+                        each = partial(self.keep_each, kept)
         try:
             if pool is None:  # inline
                 # Only Exceptions are task failures here: Ctrl-C in the caller's thread
@@ -1324,6 +1358,11 @@ class _Run:
             self.cells[key] = cell
         return chain
 
+    def keep_each(self, kept: dict[int, Hashable], i: int, ok: bool, value: Any) -> None:
+        """Note a chain's target value on the worker that computed it (``keep_computed``)."""
+        if ok and i in kept:
+            self.early[kept[i]] = value
+
     def settle_each(self, cells: list[Cell], i: int, ok: bool, value: Any) -> None:
         """Settle one key of a chain on the worker that just computed it."""
         self.once.settle(cells[i], ok, value)
@@ -1612,18 +1651,43 @@ def _note(exc: BaseException, note: str) -> None:
 
 
 class _Clock:
-    """Wraps a timed thread task's function to note when it starts running."""
+    """Wraps a timed thread task's function to note when it starts running.
 
-    __slots__ = ("began", "calls", "fn")
+    A unit abandoned past its timeout keeps its pool thread until it returns, so the
+    run lends the pool another one meanwhile (``lend``); the wrapper takes it back
+    when the function returns.
+    """
+
+    __slots__ = ("began", "calls", "fn", "lent", "lock", "returned")
 
     def __init__(self, fn: Callable[..., Any], calls: list[Call]) -> None:
         self.fn = fn
         self.calls = calls
         self.began = 0.0
+        self.lock = threading.Lock()
+        self.lent: _ThreadPool | None = None
+        self.returned = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.began = time.monotonic()
-        return self.fn(*args, **kwargs)
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.returned = True
+                pool, self.lent = self.lent, None
+            if pool is not None:
+                pool.unlend()
+
+    def lend(self, pool: Pool) -> None:
+        """Lend ``pool`` a thread for the one this unit holds, until it returns."""
+        if not isinstance(pool, _ThreadPool):
+            return  # a given executor's worker is not ours to replace
+        with self.lock:
+            if self.returned:
+                return
+            self.lent = pool
+        pool.lend()
 
 
 class _Ready:
