@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
-__all__ = ["Backoff", "Options", "Policy", "check_limits", "make_options"]
+__all__ = ["Backoff", "Options", "Policy", "check_limits", "make_options", "positive_seconds"]
 
 #: What ``backoff=`` accepts: a Backoff, seconds as a number, or ``f(attempt) -> seconds``.
 BackoffLike = Union["Backoff", float, int, Callable[[int], float]]
@@ -124,7 +124,12 @@ def check_policy(where: str, retries: Any, retry_on: Any, backoff: Any) -> Polic
             raise TypeError(
                 f"{where}: retry_on takes an exception class or a tuple of them, not {retry_on!r}"
             )
-    if backoff is not None and not callable(backoff) and not _seconds(backoff) and backoff != 0:
+    if (
+        backoff is not None
+        and not callable(backoff)
+        and not positive_seconds(backoff)
+        and backoff != 0
+    ):
         raise TypeError(
             f"{where}: backoff takes seconds, a dagexec.Backoff or "
             f"f(attempt) -> seconds, not {backoff!r}"
@@ -132,7 +137,8 @@ def check_policy(where: str, retries: Any, retry_on: Any, backoff: Any) -> Polic
     return Policy(retries, retry_on, backoff)
 
 
-def _seconds(value: Any) -> bool:
+def positive_seconds(value: Any) -> bool:
+    """Say whether ``value`` is a finite number of seconds > 0 (a timeout, a delay)."""
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
@@ -155,7 +161,7 @@ def make_options(
     where = f"task {key!r}"
     check_policy(where, retries, retry_on, backoff)
     if timeout is not None:
-        if not _seconds(timeout):
+        if not positive_seconds(timeout):
             raise ValueError(f"{where}: timeout must be seconds > 0, not {timeout!r}")
         if kind == "inline":
             raise ValueError(
@@ -167,7 +173,7 @@ def make_options(
         if not isinstance(resources, Mapping):
             raise TypeError(f"{where}: resources takes a dict like {{'gpu': 1}}, not {resources!r}")
         for name, amount in resources.items():
-            if not isinstance(name, str) or not _seconds(amount):
+            if not isinstance(name, str) or not positive_seconds(amount):
                 raise ValueError(
                     f"{where}: resources[{name!r}] must be a number > 0 named by a str, "
                     f"not {amount!r}"
@@ -185,6 +191,6 @@ def check_limits(limits: Any) -> dict[str, float]:
     if not isinstance(limits, Mapping):
         raise TypeError(f"limits takes a dict like {{'gpu': 1}}, not {limits!r}")
     for name, amount in limits.items():
-        if not isinstance(name, str) or not _seconds(amount):
+        if not isinstance(name, str) or not positive_seconds(amount):
             raise ValueError(f"limits[{name!r}] must be a number > 0, not {amount!r}")
     return dict(limits)

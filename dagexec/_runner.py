@@ -36,7 +36,7 @@ from ._errors import Cancelled, DuplicateKeyError, TaskFailed, TaskTimeout, Work
 from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task, check_task, resolve_args, unhashable
 from ._locality import CannotMove, Local, UnitDone, _Fetched
 from ._once import Busy, Cell, Lineage, OnceMap
-from ._options import BackoffLike, Policy, RetryOn, check_limits, check_policy
+from ._options import BackoffLike, Policy, RetryOn, check_limits, check_policy, positive_seconds
 from ._pools import (
     SKIPPED,
     Call,
@@ -375,10 +375,8 @@ class Runner:
         if not isinstance(graph, Graph):
             raise TypeError(f"Runner.run needs a dagexec.Graph, not {type(graph).__name__}")
         policy = check_policy("run()", retries, retry_on, backoff)
-        if timeout is not None and not (
-            isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0
-        ):
-            raise ValueError(f"run(timeout=) takes seconds > 0, not {timeout!r}")
+        if timeout is not None and not positive_seconds(timeout):
+            raise ValueError(f"run(timeout=) takes finite seconds > 0, not {timeout!r}")
         return _Run(
             self,
             graph,

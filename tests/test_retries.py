@@ -438,6 +438,10 @@ BAD_OPTIONS: list[tuple[dict[str, Any], type[Exception]]] = [
     ({"timeout": math.nan}, ValueError),
     ({"timeout": "1"}, ValueError),
     ({"timeout": 1.0, "kind": "inline"}, ValueError),
+    ({"timeout": math.inf}, ValueError),
+    ({"priority": 1.5}, TypeError),
+    ({"resources": {"gpu": 0}}, ValueError),
+    ({"resources": ["gpu"]}, TypeError),
 ]
 
 
@@ -471,6 +475,10 @@ def run_on_a_runner(g: Graph, **options: Any) -> dagexec.Results:
         ("run()", lambda g: g.run(backoff="slow")),
         ("run()", lambda g: g.run(retry_on=(ValueError, "x"))),
         ("timeout", lambda g: g.run(timeout=0)),
+        ("timeout", lambda g: g.run(timeout=math.inf)),
+        ("timeout", lambda g: g.run(timeout=math.nan)),
+        ("timeout", lambda g: g.run(timeout="5")),
+        ("limits", lambda g: g.run(limits={"gpu": -1})),
         ("run()", lambda g: run_on_a_runner(g, retries=-2)),
     ],
 )
