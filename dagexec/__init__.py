@@ -21,11 +21,13 @@ from ._errors import (
     TaskTimeout,
     WorkerDied,
 )
+from ._events import TaskEvent
 from ._graph import Graph, Ref
 from ._options import Backoff
 from ._results import Results, RunStats
 from ._runner import Runner
 from ._shared import imap_shared, map_shared
+from ._stats import TaskStats
 
 __version__ = "0.1.0.dev0"
 
@@ -42,7 +44,9 @@ __all__ = [
     "Results",
     "RunStats",
     "Runner",
+    "TaskEvent",
     "TaskFailed",
+    "TaskStats",
     "TaskTimeout",
     "WorkerDied",
     "__version__",

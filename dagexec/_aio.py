@@ -29,6 +29,7 @@ import inspect
 import threading
 from collections.abc import Callable
 from functools import partial
+from time import perf_counter
 from typing import Any
 
 from ._pools import Call, Each, Expired, Outcome, Sink, Stop, Stopped
@@ -45,6 +46,7 @@ class _Unit:
         self.stop = stop
         self.timeout = timeout
         self.timer: asyncio.TimerHandle | None = None
+        self.began = 0.0  # perf_counter when its first step ran
         #: Set when we cancel the task: reported instead of the CancelledError.
         self.reason: BaseException | None = None
         loop = asyncio.get_running_loop()
@@ -53,6 +55,7 @@ class _Unit:
     async def _run(self) -> list[Outcome]:
         if self.stop is not None and self.stop():
             return []
+        self.began = perf_counter()
         _, fn, args, kwargs, _, _ = self.calls[0]
         try:
             value = fn(*args, **kwargs)
@@ -121,7 +124,7 @@ class _AsyncPool:
             loop = self._loop or self._start_loop()
             if _post(loop, self._start, calls, sink, stop, timeout):
                 return
-        sink(calls, [(False, RuntimeError("the event loop given to the Runner is closed"))])
+        sink(calls, [(False, RuntimeError("the event loop given to the Runner is closed"))], None)
 
     def _start_loop(self) -> asyncio.AbstractEventLoop:
         """Create our loop and the thread that runs it (under the lock)."""
@@ -169,7 +172,9 @@ class _AsyncPool:
     def _finished(self, unit: _Unit, _task: asyncio.Task[list[Outcome]]) -> None:
         self._units.discard(unit)
         try:
-            unit.sink(unit.calls, unit.outcomes())
+            outcomes = unit.outcomes()
+            stamp = (threading.current_thread().name, [unit.began, perf_counter()])
+            unit.sink(unit.calls, outcomes, stamp if unit.began else None)
         finally:
             self._settle()
 

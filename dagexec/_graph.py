@@ -20,10 +20,12 @@ import cloudpickle
 
 from ._errors import DuplicateKeyError
 from ._options import BackoffLike, Options, Policy, RetryOn, check_policy, make_options
+from ._pictures import graph_nodes, to_dot, to_mermaid
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
+    from ._events import TaskEvent
     from ._results import Results
     from ._runner import Runner
 
@@ -486,6 +488,14 @@ class Graph:
     def __repr__(self) -> str:
         return f"<dagexec.Graph with {len(self._tasks)} tasks>"
 
+    def to_mermaid(self, title: str | None = None) -> str:
+        """The graph as a Mermaid flowchart (renders on GitHub, GitLab and the like)."""
+        return to_mermaid(graph_nodes(self._tasks), title=title)
+
+    def to_dot(self, title: str | None = None) -> str:
+        """The graph in Graphviz DOT (``dot -Tsvg`` renders it, if graphviz is installed)."""
+        return to_dot(graph_nodes(self._tasks), title=title)
+
     def run(
         self,
         *,
@@ -499,6 +509,8 @@ class Graph:
         backoff: BackoffLike | None = None,
         timeout: float | None = None,
         limits: Mapping[str, float] | None = None,
+        progress: bool | str = False,
+        on_event: Callable[[TaskEvent], object] | None = None,
     ) -> Results:
         """Run the graph once on fresh pools and return the results.
 
@@ -517,6 +529,8 @@ class Graph:
                 backoff=backoff,
                 timeout=timeout,
                 limits=limits,
+                progress=progress,
+                on_event=on_event,
             )
         finally:
             runner._close()
@@ -534,6 +548,8 @@ class Graph:
         backoff: BackoffLike | None = None,
         timeout: float | None = None,
         limits: Mapping[str, float] | None = None,
+        progress: bool | str = False,
+        on_event: Callable[[TaskEvent], object] | None = None,
     ) -> Results:
         """Run the graph from asyncio code on fresh pools; see ``Runner.arun``.
 
@@ -551,6 +567,8 @@ class Graph:
             backoff=backoff,
             timeout=timeout,
             limits=limits,
+            progress=progress,
+            on_event=on_event,
         )
 
 

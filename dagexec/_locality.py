@@ -42,6 +42,7 @@ from ._errors import TaskFailed
 from ._pools import (
     SKIPPED,
     Call,
+    Stamp,
     Unpicklable,
     _ProcessPool,
     decode_outcomes,
@@ -76,7 +77,7 @@ class UnitDone:
     the copy kept in the worker (or None).
     """
 
-    __slots__ = ("calls", "remote", "seconds", "slot", "status", "tag", "value")
+    __slots__ = ("calls", "remote", "seconds", "slot", "stamp", "status", "tag", "value")
 
     def __init__(
         self, calls: list[Call], slot: int, tag: Any, status: int | None, value: Any
@@ -88,6 +89,7 @@ class UnitDone:
         self.value = value
         self.remote: Remote | None = None
         self.seconds = 0.0
+        self.stamp: Stamp | None = None  # where and when it ran
 
 
 class CannotMove(Exception):
@@ -382,7 +384,7 @@ class Local:
             if result is SKIPPED or error is not None:
                 self.post(UnitDone(calls, slot, tag, None, error or SKIPPED))
                 return
-            status, data, size, seconds = result
+            status, data, size, pid, began, ended = result
             if status == OK:
                 value = None
                 if data is not None:
@@ -404,7 +406,8 @@ class Local:
                 )
             else:
                 done = UnitDone(calls, slot, tag, LOST, data)
-            done.seconds = seconds
+            done.seconds = ended - began
+            done.stamp = (f"pid {pid}", [began, ended])
             self.post(done)
 
         try:

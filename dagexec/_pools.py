@@ -2,9 +2,9 @@
 
 A unit of work is a *call list*: one task, or a chain of tasks where each takes the
 previous one's value (see ``RunState.chain``). A pool runs it and calls
-``sink(calls, outcomes)`` once, from whatever thread finished it; ``outcomes`` holds
-``(ok, value_or_exception)`` for the calls that ran, in order, stopping at the first
-failure.
+``sink(calls, outcomes, stamp)`` once, from whatever thread finished it; ``outcomes``
+holds ``(ok, value_or_exception)`` for the calls that ran, in order, stopping at the
+first failure, and ``stamp`` says where and when they ran (``Stamp``), or is None.
 
 ::
 
@@ -12,7 +12,7 @@ failure.
                                       ─▶ _ProcessPool  (one single-worker loky executor
                                                          per slot; payloads cloudpickled)
                                       ─▶ _ExecutorPool (any user concurrent.futures.Executor)
-               ◀──────────── sink(calls, outcomes) ─────────────────────────┘
+               ◀──────────── sink(calls, outcomes, stamp) ──────────────────┘
 
 The process pool keeps one call list per worker, so when a worker dies the task that
 killed it is known exactly, and a fresh worker replaces it.
@@ -47,7 +47,17 @@ from ._worker import new_token, run_unit
 if TYPE_CHECKING:
     from ._aio import _AsyncPool
 
-__all__ = ["Call", "Expired", "Pickled", "Pools", "Stopped", "Unpicklable", "dumps", "run_calls"]
+__all__ = [
+    "Call",
+    "Expired",
+    "Pickled",
+    "Pools",
+    "Stamp",
+    "Stopped",
+    "Unpicklable",
+    "dumps",
+    "run_calls",
+]
 
 #: (key, fn, args, kwargs, refs, keep): ``refs`` as in ``_Task.refs`` when the arguments
 #: still need the previous call's value (a chain), else ``()``; ``keep`` says whether the
@@ -56,7 +66,11 @@ Call = tuple[
     Hashable, Callable[..., Any], tuple[Any, ...], Mapping[str, Any], "tuple[int, ...] | int", bool
 ]
 Outcome = tuple[bool, Any]
-Sink = Callable[[list[Call], list[Outcome]], None]
+#: Where and when a unit ran: ``(worker, times)``, the worker a thread name or "pid N";
+#: call ``i`` of the unit ran from ``times[i]`` to ``times[i + 1]`` (``perf_counter``).
+Stamp = tuple[str, list[float]]
+#: Hears a unit's outcomes (and its Stamp, when the pool knows it), on the pool's thread.
+Sink = Callable[[list[Call], list[Outcome], "Stamp | None"], None]
 #: Asked between the calls of a chain: True stops the chain (the run is stopping).
 Stop = Callable[[], bool]
 #: Told each call's outcome as soon as it exists: ``(index in the call list, ok, value)``.
@@ -110,22 +124,26 @@ def run_calls(
     stop: Stop | None = None,
     catch: type[BaseException] = BaseException,
     each: Each | None = None,
+    times: list[float] | None = None,
 ) -> list[Outcome]:
     """Run a call list in this thread; stop at the first failure or once ``stop()``.
 
     A call list that was queued when its run stopped runs nothing (no outcomes). A worker
     catches everything a task raises, even SystemExit; ``catch`` narrows that for tasks run
     in the caller's own thread. ``each`` hears of every outcome of a chain at once, not
-    when the chain ends.
+    when the chain ends. ``times`` (holding the start) gets the time each call ended.
     """
     if stop is not None and stop():
         return []
     if len(calls) == 1:
         _, fn, args, kwargs, _, _ = calls[0]
         try:
-            return [(True, fn(*args, **kwargs))]
+            outcome: Outcome = (True, fn(*args, **kwargs))
         except catch as exc:
-            return [(False, exc)]
+            outcome = (False, exc)
+        if times is not None:
+            times.append(perf_counter())
+        return [outcome]
     outcomes: list[Outcome] = []
     prev: dict[Hashable, Any] = {}
     for key, fn, args, kwargs, refs, keep in calls:
@@ -139,9 +157,13 @@ def run_calls(
             value = fn(*args, **kwargs)
         except catch as exc:
             outcomes.append((False, exc))
+            if times is not None:
+                times.append(perf_counter())
             if each is not None:
                 each(len(outcomes) - 1, False, exc)
             break
+        if times is not None:
+            times.append(perf_counter())
         if each is not None:
             each(len(outcomes), True, value)
         # Only the next call needs this value unless the caller keeps it: don't hold it
@@ -225,18 +247,19 @@ class _ThreadPool:
     def _work(self) -> None:
         _local.pool = self
         get = self._queue.get
+        name = threading.current_thread().name
         try:
             while True:
                 item = get()
                 if item is None:
                     return
                 calls, sink, stop, each = item
-                started = perf_counter()
-                outcomes = run_calls(calls, stop, BaseException, each)
+                times = [perf_counter()]
+                outcomes = run_calls(calls, stop, BaseException, each, times)
                 if outcomes:  # a unit skipped by a stopped run says nothing of its length
                     # Unlocked and racy on purpose: a smoothed hint, not bookkeeping.
-                    self._mean += (perf_counter() - started - self._mean) * 0.2
-                sink(calls, outcomes)
+                    self._mean += (times[-1] - times[0] - self._mean) * 0.2
+                sink(calls, outcomes, (name, times))
                 del item, outcomes, calls, sink, stop, each  # hold no task values while waiting
                 if len(self._threads) > self._max and self._retire():
                     return
@@ -296,7 +319,8 @@ class _ThreadPool:
             item = self._queue.get()
             if item is not None:
                 calls, sink, _, _ = item
-                sink(calls, [(False, RuntimeError("the Runner was shut down before it ran"))])
+                shut = RuntimeError("the Runner was shut down before it ran")
+                sink(calls, [(False, shut)], None)
 
 
 # -- processes -------------------------------------------------------------------------
@@ -308,14 +332,17 @@ def _preload(payload: bytes) -> None:
         cloudpickle.loads(payload)
 
 
-def _process_entry(payload: bytes) -> list[tuple[bool, bytes]]:
-    """Run a pickled call list in a worker process; return each outcome, value pickled."""
+def _process_entry(payload: bytes) -> tuple[list[tuple[bool, bytes]], int, list[float]]:
+    """Run a pickled call list in a worker process: each outcome (value pickled), this
+    worker's pid, and the times of its calls (see ``Stamp``)."""
+    times = [perf_counter()]
     try:
         calls = cloudpickle.loads(payload)
     except Exception as exc:  # most often a module the worker cannot import
-        return [(False, encode_failure(None, exc, loading=True))]
+        times.append(perf_counter())
+        return [(False, encode_failure(None, exc, loading=True))], os.getpid(), times
     out = []
-    for i, (ok, value) in enumerate(run_calls(calls)):
+    for i, (ok, value) in enumerate(run_calls(calls, times=times)):
         if not ok:
             out.append((False, encode_failure(calls[i][0], value)))
             continue
@@ -323,7 +350,7 @@ def _process_entry(payload: bytes) -> list[tuple[bool, bytes]]:
         out.append((ok, data))
         if not ok:
             break
-    return out
+    return out, os.getpid(), times
 
 
 def encode_failure(key: Hashable, exc: BaseException, loading: bool = False) -> bytes:
@@ -498,6 +525,7 @@ def _worker_died(exc: BaseException) -> WorkerDied:
     return died
 
 
+_RESTARTS = 2  # a unit whose new worker dies while starting goes to another, twice
 _KILL_WAIT = 5.0  # seconds shutdown waits for terminated workers to exit
 _DEPTH = 2  # units in flight per worker: the next one is on its way while one runs
 _DEEP = 8  # ... when units are short: a unit's round trip takes about a millisecond
@@ -520,7 +548,17 @@ class _Work:
     for ``timeout``; ``killed`` is what to report if its worker was terminated for it.
     """
 
-    __slots__ = ("args", "began", "calls", "finish", "fn", "killed", "stop", "timeout")
+    __slots__ = (
+        "args",
+        "began",
+        "calls",
+        "finish",
+        "fn",
+        "killed",
+        "restarts",
+        "stop",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -538,6 +576,7 @@ class _Work:
         self.began = 0.0
         self.killed: BaseException | None = None
         self.calls: list[Call] | None = None  # the tasks it runs, when a run submitted it
+        self.restarts = 0  # times its worker died before it began (see _finished)
 
 
 class _Slot:
@@ -608,17 +647,18 @@ class _ProcessPool:
         try:
             payload = encode_calls(calls)
         except Unpicklable as exc:
-            sink(calls, [(False, exc)])
+            sink(calls, [(False, exc)], None)
             return
 
         def finish(result: Any, error: BaseException | None, generation: int) -> None:
             if result is SKIPPED:
-                sink(calls, [])  # its run stopped while it waited: never started
+                sink(calls, [], None)  # its run stopped while it waited: never started
             elif error is not None:
-                sink(calls, [(False, error)])
+                sink(calls, [(False, error)], None)
             else:
-                self.received(sum(len(data) for _, data in result))
-                sink(calls, decode_outcomes(calls, result, raw))
+                parts, pid, times = result
+                self.received(sum(len(data) for _, data in parts))
+                sink(calls, decode_outcomes(calls, parts, raw), (f"pid {pid}", times))
 
         work = _Work(_process_entry, (payload,), finish, stop, timeout)
         work.calls = calls
@@ -868,26 +908,32 @@ class _ProcessPool:
             return None
 
     def _finished(self, slot: _Slot, work: _Work, generation: int, future: Future[Any]) -> None:
+        exc = future.exception()
         with self._lock:
             if work in slot.running:
                 slot.running.remove(work)
-                if slot.running and not slot.running[0].began:
-                    slot.running[0].began = monotonic()
-        exc = future.exception()
+                if exc is None and slot.running and not slot.running[0].began:
+                    slot.running[0].began = monotonic()  # the next one starts now
         result: Any = None
         error: BaseException | None = None
         if exc is None:
             result = future.result()
         elif work.killed is not None:
             error = work.killed
-        elif generation != slot.generation and isinstance(
-            exc, (BrokenExecutor, ShutdownExecutorError)
+        elif (
+            isinstance(exc, (BrokenExecutor, ShutdownExecutorError))
+            and not work.began
+            and (generation != slot.generation or work.restarts < _RESTARTS)
         ):
-            # Its worker died running an older unit of this slot: it never started.
+            # It never began: its worker died running an older unit of this slot, or
+            # while starting up. Not its fault: it goes to the next worker.
+            if generation == slot.generation:
+                work.restarts += 1
+                self._lost(slot, exc)
             self._run_on(slot, work)
             return
         else:
-            error = self._lost(slot, exc)
+            error = self._lost(slot, exc) if generation == slot.generation else _worker_died(exc)
         try:
             self._run_on(slot, self._next(slot))
         finally:
@@ -935,6 +981,7 @@ class _ExecutorPool:
     def __init__(self, executor: Executor, kind: str) -> None:
         self._executor = executor
         self._portable = kind == "process"
+        self._name = type(executor).__name__
         workers = getattr(executor, "_max_workers", None)
         self.capacity = 2 * workers if isinstance(workers, int) and workers > 0 else 256
 
@@ -952,7 +999,7 @@ class _ExecutorPool:
             try:
                 payload = encode_calls(calls)
             except Unpicklable as exc:
-                sink(calls, [(False, exc)])
+                sink(calls, [(False, exc)], None)
                 return
         try:
             if self._portable:
@@ -960,16 +1007,26 @@ class _ExecutorPool:
             else:
                 future = self._executor.submit(run_calls, calls, stop, BaseException, each)
         except Exception as exc:  # the user's executor is shut down or broken
-            sink(calls, [(False, _worker_died(exc) if isinstance(exc, BrokenExecutor) else exc)])
+            failed = _worker_died(exc) if isinstance(exc, BrokenExecutor) else exc
+            sink(calls, [(False, failed)], None)
             return
-        future.add_done_callback(lambda f: sink(calls, self._outcomes(calls, f, raw)))
+        sent = perf_counter()
+        future.add_done_callback(lambda f: sink(calls, *self._outcomes(calls, f, raw, sent)))
 
-    def _outcomes(self, calls: list[Call], future: Future[Any], raw: bool) -> list[Outcome]:
+    def _outcomes(
+        self, calls: list[Call], future: Future[Any], raw: bool, sent: float
+    ) -> tuple[list[Outcome], Stamp]:
+        """The outcomes of a unit, and a Stamp as seen from here: the executor's workers
+        may be other machines, with clocks of their own."""
+        stamp = (self._name, [sent, perf_counter()])
         exc = future.exception()
         if exc is not None:
-            return [(False, _worker_died(exc) if isinstance(exc, BrokenExecutor) else exc)]
+            return [(False, _worker_died(exc) if isinstance(exc, BrokenExecutor) else exc)], stamp
         result = future.result()
-        return decode_outcomes(calls, result, raw) if self._portable else result
+        if not self._portable:
+            return result, stamp
+        parts, pid, _ = result
+        return decode_outcomes(calls, parts, raw), (f"{self._name} pid {pid}", stamp[1])
 
     def shutdown(self, wait: bool = True) -> None:
         """Leave the user's executor alone."""

@@ -3,57 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import TaskFailed
+from ._pictures import Node, fn_name, to_dot, to_mermaid
+from ._stats import RunStats
+
+if TYPE_CHECKING:
+    from ._graph import _Task
 
 __all__ = ["Results", "RunStats"]
-
-
-@dataclass(frozen=True)
-class RunStats:
-    """Figures of one run.
-
-    Attributes:
-        wall_time: seconds from the start of planning to the last outcome.
-        tasks_run: tasks whose function this run called.
-        tasks_reused: tasks not run because the Runner already held their value or
-            another caller was computing it.
-        tasks_failed: tasks that failed.
-        tasks_skipped: tasks not run because something they need failed.
-        bytes_to_processes: bytes pickled and sent to this Runner's process workers.
-        bytes_from_processes: bytes pickled and received from them.
-        values_kept: process task values that stayed in the worker that computed them,
-            never pickled (``Graph.run`` and ``map_shared`` on their own pools).
-        values_moved: values sent to a process worker that did not compute them (from
-            another worker or from the caller), each counted once per worker.
-        bytes_moved: those values' pickled bytes (part of ``bytes_to_processes``).
-        tasks_recomputed: tasks run again because the worker keeping their value died
-            before every task that needs it had read it.
-        tasks_retried: attempts started again after a failure (``retries=``); each
-            attempt also counts in ``tasks_run``.
-    """
-
-    wall_time: float
-    tasks_run: int
-    tasks_reused: int
-    tasks_failed: int
-    tasks_skipped: int
-    bytes_to_processes: int = 0
-    bytes_from_processes: int = 0
-    values_kept: int = 0
-    values_moved: int = 0
-    bytes_moved: int = 0
-    tasks_recomputed: int = 0
-    tasks_retried: int = 0
-
-    def __str__(self) -> str:
-        return (
-            f"{self.tasks_run} tasks run, {self.tasks_reused} reused, "
-            f"{self.tasks_failed} failed, {self.tasks_skipped} skipped "
-            f"in {self.wall_time:.3f} s"
-        )
 
 
 class Results(Mapping[Hashable, Any]):
@@ -79,6 +38,11 @@ class Results(Mapping[Hashable, Any]):
         self.errors = errors
         self._skipped = skipped
         self.stats = stats
+        # For pictures, set by the run: its tasks, the keys it reused and ran, and
+        # whether it was cancelled (what did not finish then is "cancelled").
+        self._tasks: Mapping[Hashable, _Task] | None = None
+        self._keys: tuple[Mapping[Hashable, Any], ...] = ()
+        self._stopped = False
 
     @property
     def skipped(self) -> list[Hashable]:
@@ -108,6 +72,43 @@ class Results(Mapping[Hashable, Any]):
 
     def __len__(self) -> int:
         return len(self._values)
+
+    def to_mermaid(self, title: str | None = None) -> str:
+        """The run's graph as a Mermaid flowchart, colored by status, with durations."""
+        return to_mermaid(self._nodes(), title=title)
+
+    def to_dot(self, title: str | None = None) -> str:
+        """The run's graph in Graphviz DOT, colored by status, with durations."""
+        return to_dot(self._nodes(), title=title)
+
+    def _nodes(self) -> dict[Hashable, Node]:
+        tasks = self._tasks
+        if tasks is None:
+            raise ValueError("these Results have no graph to draw (map_shared returns none)")
+        records = self.stats.tasks
+        unfinished = "cancelled" if self._stopped else "not run"
+        nodes: dict[Hashable, Node] = {}
+        for keys in self._keys:
+            for key in keys:
+                task = tasks[key]
+                record = records.get(key)
+                duration = None
+                attempts = 1
+                if key in self.errors:
+                    status = "failed"
+                elif key in self._skipped:
+                    status = "skipped"
+                elif record is not None:
+                    status = record.status
+                else:
+                    status = unfinished
+                if record is not None:
+                    attempts = record.attempts
+                    if record.status != "cached":
+                        duration = record.duration
+                fn = fn_name(task.fn)
+                nodes[key] = Node(task.preds, task.kind, fn, status, duration, attempts)
+        return nodes
 
     def __repr__(self) -> str:
         extra = ""

@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from ._errors import Cancelled, DuplicateKeyError, TaskFailed, TaskTimeout, WorkerDied, _Interrupted
+from ._events import EventType, TaskEvent, _Emitter, check_on_event
 from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task, check_task, resolve_args, unhashable
 from ._locality import CannotMove, Local, UnitDone, _Fetched
 from ._once import Busy, Cell, Lineage, OnceMap
@@ -45,6 +46,7 @@ from ._pools import (
     Pickled,
     Pool,
     Pools,
+    Stamp,
     Stopped,
     Unpicklable,
     _ExecutorPool,
@@ -54,8 +56,10 @@ from ._pools import (
     dumps,
     run_calls,
 )
+from ._progress import Progress, check_progress
 from ._results import Results, RunStats
 from ._state import RunState
+from ._timings import Deps, TaskTable
 from ._worker import FAILED, LOST, OK
 
 __all__ = ["Runner"]
@@ -66,6 +70,7 @@ _POLL = 0.1  # seconds the loop blocks at most, so Ctrl-C is handled promptly
 _PUMP_ORDER = ("inline", "thread", "process", "async")
 _RETRY = "retry"  # the "kind" of a message asking to claim a key again
 _WAKE = "wake"  # the "kind" of a message that only wakes the loop (cancel)
+_JOINED = "joined"  # the "kind" of the outcome of a key another caller computed
 _REDO = "redo"  # the tag of a unit that recomputes a value lost with its worker
 
 
@@ -227,6 +232,8 @@ class Runner:
         backoff: BackoffLike | None = None,
         timeout: float | None = None,
         limits: Mapping[str, float] | None = None,
+        progress: bool | str = False,
+        on_event: Callable[[TaskEvent], object] | None = None,
     ) -> Results:
         """Run ``graph`` and return the values of its targets.
 
@@ -247,6 +254,12 @@ class Runner:
             limits: capacities of the resources tasks declare (``resources=`` of
                 ``Graph.add``), like ``{"gpu": 1, "mem_gb": 16}``; a task starts only
                 when what it needs is free.
+            progress: ``True`` shows a live bar on stderr (done/total, running, failed,
+                retried) when stderr is a terminal; ``"always"`` shows it anyway.
+            on_event: called with a ``TaskEvent`` for everything that happens to a
+                task (queued, started, finished, failed, retried, skipped, cached,
+                cancelled), on the run's own thread, never under a lock. An exception
+                it raises is reported once (a ``RuntimeWarning``) and the run goes on.
 
         Raises:
             MissingDependencyError, CycleError: before any task starts.
@@ -256,7 +269,17 @@ class Runner:
                 is also a ``KeyboardInterrupt``); ``.results`` holds what completed.
         """
         run = self._plan(
-            graph, targets, keep, on_error, retries, retry_on, backoff, timeout, limits
+            graph,
+            targets,
+            keep,
+            on_error,
+            retries,
+            retry_on,
+            backoff,
+            timeout,
+            limits,
+            progress,
+            on_event,
         )
         pool = current_thread_pool()
         if pool is None:
@@ -276,6 +299,8 @@ class Runner:
         backoff: BackoffLike | None = None,
         timeout: float | None = None,
         limits: Mapping[str, float] | None = None,
+        progress: bool | str = False,
+        on_event: Callable[[TaskEvent], object] | None = None,
     ) -> Results:
         """Run ``graph`` from asyncio code; like ``run``, without blocking the event loop.
 
@@ -295,6 +320,8 @@ class Runner:
             backoff=backoff,
             timeout=timeout,
             limits=limits,
+            progress=progress,
+            on_event=on_event,
         )
 
     async def _arun(self, graph: Graph, close: bool, **options: Any) -> Results:
@@ -365,6 +392,8 @@ class Runner:
         backoff: BackoffLike | None = None,
         timeout: float | None = None,
         limits: Mapping[str, float] | None = None,
+        progress: bool | str = False,
+        on_event: Callable[[TaskEvent], object] | None = None,
     ) -> _Run:
         """Check a run's arguments and plan it; raise before any work starts."""
         self._check_open()
@@ -377,7 +406,9 @@ class Runner:
         policy = check_policy("run()", retries, retry_on, backoff)
         if timeout is not None and not positive_seconds(timeout):
             raise ValueError(f"run(timeout=) takes finite seconds > 0, not {timeout!r}")
-        return _Run(
+        show = check_progress(progress)
+        emitter = check_on_event(on_event)
+        run = _Run(
             self,
             graph,
             _target_keys(graph, targets),
@@ -387,6 +418,9 @@ class Runner:
             timeout,
             check_limits(limits),
         )
+        run.emitter = emitter
+        run.show = show
+        return run
 
     def _execute(self, run: _Run) -> Results:
         with self._lock:
@@ -476,7 +510,7 @@ def run_for(
     def each(i: int, ok: bool, value: Any) -> None:
         once.settle(cells[i], ok, value)
 
-    def settle(_calls: list[Call], outcomes: list[Outcome]) -> None:
+    def settle(_calls: list[Call], outcomes: list[Outcome], _stamp: Stamp | None) -> None:
         if not outcomes:  # skipped: every caller gave it up before it started
             if not all([once.release(cell) for cell in cells]):
                 run_for(once, pools, cells, calls, raw)  # someone joined meanwhile
@@ -625,6 +659,13 @@ class _Run:
         cancelled  set by cancel() from any thread; the loop raises it
         free       resource -> amount not held; holding: key -> what it holds
         deferred   heap of (-priority, seq, key): ready keys waiting for resources
+
+    Observation (``results.stats``, ``on_event``, ``progress``):
+        stamps     id(calls) -> Stamp (worker, call times), written by the pools'
+                   threads just before they post the unit, taken by the loop
+        timing     key -> (Stamp, index of its call): where and when it last ran
+        queued_at  key -> when it last became ready; cached: key -> when reused
+        events     TaskEvents not handed to the callback yet (``flush``)
     """
 
     def __init__(
@@ -699,6 +740,17 @@ class _Run:
         self.deferred: list[tuple[int, int, Hashable]] = []
         self.loop_pool: Pool | None = None  # an _AsyncPool on the caller's loop (arun)
         self.early: dict[Hashable, Any] = {}  # values computed in chains (keep_each)
+        # What the run saw (statistics, events, progress); times are perf_counter().
+        self.emitter: _Emitter | None = None  # set by Runner._plan, like ``show``
+        self.show: bool | str = False
+        self.progress: Progress | None = None
+        self.next_draw = 0.0
+        self.events: list[TaskEvent] = []
+        self.stamps: dict[int, Stamp] = {}  # id(calls) -> its Stamp, from pool threads
+        self.timing: dict[Hashable, tuple[Stamp, int]] = {}  # key -> (Stamp, call index)
+        self.queued_at: dict[Hashable, float] = {}
+        self.cached: dict[Hashable, float] = {}  # keys whose value was reused -> when
+        self.done = 0  # keys with a final outcome
         self.prioritized = False
         if graph._options:
             self.check_options()
@@ -758,6 +810,8 @@ class _Run:
 
     def execute(self) -> Results:
         """Drive the run to its end and return its Results (or raise its first failure)."""
+        if self.show:
+            self.progress = Progress(len(self.state.run_keys), self.show)
         try:
             self.loop()
         except BaseException as exc:  # cancel, Ctrl-C, or an inline task's SystemExit
@@ -773,6 +827,8 @@ class _Run:
                 self.local.close()  # the workers forget this run's values
             if self.loop_pool is not None:
                 self.loop_pool.shutdown(wait=False)
+            if self.progress is not None:
+                self.progress.close()
         return self.results()
 
     def stopped(self, exc: BaseException) -> Cancelled | None:
@@ -783,10 +839,14 @@ class _Run:
             stopped = _Interrupted("the run was interrupted (Ctrl-C)")
         else:
             return None
-        stopped.results = self.results(raising=False)
+        stopped.results = self.results(raising=False, stopped=True)
         return stopped
 
     def loop(self) -> None:
+        if self.state.reused:
+            now = time.perf_counter()
+            for key in self.state.reused:
+                self.reuse(key, now)
         self.enqueue(self.state.ready(), first=False)
         while True:
             self.pump()
@@ -794,6 +854,10 @@ class _Run:
                 raise self.cancelled
             if not self.inflight:
                 break
+            if self.events:
+                self.flush()
+            if self.progress is not None:
+                self.tick()
             batch = take_batch(self.queue, self.wait_time())
             if self.timers or self.clocks or self.timed or self.deadline is not None:
                 self.watch()
@@ -810,6 +874,71 @@ class _Run:
                 values = self.state.values
                 self.shipped = {k: p for k, p in self.shipped.items() if k in values}
             self.enqueue(ready)
+
+    def reuse(self, key: Hashable, now: float) -> None:
+        """Note that ``key``'s value was reused, not computed here."""
+        self.cached[key] = now
+        if self.emitter is not None:
+            task = self.tasks[key]
+            self.events.append(TaskEvent("cached", key, task.kind, "", 1, now))
+
+    def event(
+        self,
+        what: EventType,
+        key: Hashable,
+        error: BaseException | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        """Note a TaskEvent for the callback; its worker and time come from ``timing``."""
+        worker = ""
+        when = time.perf_counter()
+        if what != "queued":
+            ran = self.timing.get(key)
+            if ran is not None:
+                (worker, times), i = ran
+                j = i if what == "started" else i + 1
+                if j < len(times):
+                    when = times[j]
+        tries = self.attempts.get(key, 1) if attempt is None else attempt
+        self.events.append(TaskEvent(what, key, self.tasks[key].kind, worker, tries, when, error))
+
+    def flush(self) -> None:
+        """Hand the events noted so far to the callback (on this thread, no lock held)."""
+        events, self.events = self.events, []
+        if self.emitter is not None:
+            self.emitter.emit(events)
+
+    def tick(self) -> None:
+        """Redraw the progress bar, at most every 0.1 s."""
+        now = time.perf_counter()
+        if now < self.next_draw:
+            return
+        self.next_draw = now + 0.1
+        assert self.progress is not None
+        running = 0
+        for kind in ("thread", "process", "async"):  # handed out, at most one per worker
+            if self.busy[kind]:
+                running += min(self.busy[kind], self.pools.size(kind))
+        self.progress.update(self.done, running, len(self.state.errors), self.retried)
+
+    def unfinished(self, skipped: Mapping[Hashable, Any]) -> list[Hashable]:
+        """The keys of a stopped run that never got an outcome (cancelled)."""
+        state = self.state
+        done = self.timing
+        return [
+            k
+            for k in state.run_keys
+            if k not in done
+            and k not in state.errors
+            and k not in skipped
+            and k not in self.cached
+            and k not in state.values
+        ]
+
+    def workers(self) -> dict[str, int]:
+        """The number of workers of each kind the run's tasks had."""
+        kinds = {self.tasks[k].kind for k in self.state.run_keys}
+        return {kind: 1 if kind == "inline" else self.pools.size(kind) for kind in kinds}
 
     def wait_time(self) -> float:
         """Seconds the loop may block: until the next retry, or the run's deadline."""
@@ -831,8 +960,9 @@ class _Run:
             pool = self.pools.peek("process")
             if isinstance(pool, _ProcessPool):
                 pool.expire()
+        perf = time.perf_counter()
         for key, (clock, timeout) in list(self.clocks.items()):
-            if clock.began and now - clock.began > timeout:
+            if clock.began and perf - clock.began > timeout:
                 self.abandon(key, clock, timeout)
         timers = self.timers
         while timers and timers[0][0] <= now:
@@ -849,6 +979,9 @@ class _Run:
         self.busy[kind] -= 1
         clock.lend(self.pool(kind))  # what is queued behind it does not wait for it
         self.abandoned = True
+        self.timing[key] = ((clock.worker, [clock.began, time.perf_counter()]), 0)
+        if self.emitter is not None:
+            self.event("started", key)
         exc = Expired(timeout, "a thread cannot be stopped: it was abandoned and runs on")
         if self.retry(key, exc):
             return
@@ -947,8 +1080,13 @@ class _Run:
         waiting = self.waiting
         localize = self.localize
         limited = bool(self.free)
+        queued_at = self.queued_at
+        now = time.perf_counter()
         for key in reversed(keys) if first else keys:
             task = tasks[key]
+            queued_at[key] = now
+            if self.emitter is not None:
+                self.event("queued", key)
             if limited and task.opts is not None and not self.acquire(key, task.opts.resources):
                 continue  # deferred until what it needs is free
             if localize and task.kind == "process":
@@ -1050,7 +1188,9 @@ class _Run:
             if pool is None:  # inline
                 # Only Exceptions are task failures here: Ctrl-C in the caller's thread
                 # stops the run, as it would stop the same code called directly.
-                outcomes = run_calls(calls, None, Exception)
+                times = [time.perf_counter()]
+                outcomes = run_calls(calls, None, Exception, None, times)
+                self.stamps[id(calls)] = (threading.current_thread().name, times)
             else:
                 raw = task.kind == "process" and self.raw(key)
                 pool.submit(calls, self.sinks[task.kind], self.stop.is_set, each, raw, timeout)
@@ -1081,7 +1221,7 @@ class _Run:
         _, fn, args, kwargs, refs, keep = calls[0]
         clock = _Clock(fn, calls)
         if isinstance(pool, _ExecutorPool):
-            clock.began = time.monotonic()  # its start is not seen from here: from now on
+            clock.began = time.perf_counter()  # its start is not seen from here: from now
         else:
             fn = clock
         calls[0] = (key, fn, args, kwargs, refs, keep)
@@ -1200,6 +1340,10 @@ class _Run:
         if done.status is None and done.value is SKIPPED:
             return  # the run stopped before it started
         local.ran(done, key, again=redo)
+        if done.stamp is not None and not redo:
+            self.timing[key] = (done.stamp, 0)
+        if self.emitter is not None and not redo:
+            self.event("started", key)
         if done.status == OK:
             remote = done.remote
             value = remote if remote is not None and remote.data is None else done.value
@@ -1208,6 +1352,9 @@ class _Run:
             else:
                 self.ran += 1
                 self.state.finish(key, value)
+                self.done += 1
+                if self.emitter is not None:
+                    self.event("finished", key)
                 if self.holding:
                     self.release(key)
             return
@@ -1273,7 +1420,9 @@ class _Run:
         else:
             self.pools.get(task.kind).submit(calls, self.redo_sink, self.stop.is_set)
 
-    def redo_sink(self, calls: list[Call], outcomes: list[Outcome]) -> None:
+    def redo_sink(
+        self, calls: list[Call], outcomes: list[Outcome], stamp: Stamp | None = None
+    ) -> None:
         if not outcomes:
             self.post_local(UnitDone(calls, -1, _REDO, None, SKIPPED))
             return
@@ -1371,14 +1520,22 @@ class _Run:
         targets = self.state.targets
         key, fn, args, kwargs, refs, _ = calls[0]
         calls[0] = (key, fn, args, kwargs, refs, keep or key in targets)
+        now = time.perf_counter()
         for nxt in chain[1:]:
             t = self.tasks[nxt]
             calls.append((nxt, t.fn, t.args, t.kwargs, t.refs, keep or nxt in targets))
+            self.queued_at[nxt] = now  # handed out with the chain
+            if self.emitter is not None:
+                self.event("queued", nxt)
         key, fn, args, kwargs, refs, _ = calls[-1]
         calls[-1] = (key, fn, args, kwargs, refs, True)  # its dependents are elsewhere
 
-    def pooled_sink(self, kind: str, calls: list[Call], outcomes: list[Outcome]) -> None:
+    def pooled_sink(
+        self, kind: str, calls: list[Call], outcomes: list[Outcome], stamp: Stamp | None
+    ) -> None:
         """Report outcomes from a pool (called on the pool's thread)."""
+        if stamp is not None:
+            self.stamps[id(calls)] = stamp
         if self.fail_fast and outcomes and not outcomes[-1][0] and not self.may_retry(calls):
             self.stop.set()  # chains running elsewhere stop before their next task
         if self.private:  # nobody else waits on a private run's keys: no orphans
@@ -1393,7 +1550,7 @@ class _Run:
         opts = self.tasks[calls[-1][0]].opts
         return opts is not None and bool(opts.retries)
 
-    def sink(self, calls: list[Call], outcomes: list[Outcome]) -> None:
+    def sink(self, calls: list[Call], outcomes: list[Outcome], stamp: Stamp | None = None) -> None:
         """Report outcomes that no pool of this run produced (subscriptions, errors)."""
         self.post(calls, outcomes, None)
 
@@ -1410,7 +1567,7 @@ class _Run:
         call: list[Call] = [(task.key, task.fn, (), {}, (), True)]
 
         def joined(ok: bool, value: Any) -> None:
-            self.sink(call, [(ok, value)])
+            self.post(call, [(ok, value)], _JOINED)
 
         hold = self.state.keep_all or task.key in self.state.targets  # what it hands out
         try:
@@ -1428,6 +1585,7 @@ class _Run:
             return True
         self.inflight += 1
         self.waited += 1
+        self.reuse(task.key, time.perf_counter())
         return False
 
     def lineage(self, key: Hashable) -> Lineage:
@@ -1454,11 +1612,15 @@ class _Run:
         busy = self.busy
         private = self.private
         holding = self.holding
+        stamps = self.stamps
+        timing = self.timing
+        emitter = self.emitter
         ready: list[Hashable] = []
         for calls, outcomes, kind in batch:
             if kind is not None and type(kind) is not str:
                 self.handle_local(kind)  # type: ignore[arg-type]
                 continue
+            stamp = stamps.pop(id(calls), None)
             if kind == _RETRY:
                 ready.append(calls[0][0])
                 continue
@@ -1469,15 +1631,23 @@ class _Run:
                 del self.ignored[id(calls)]  # abandoned: already accounted for
                 self.inflight += 1
                 continue
-            if kind is not None:
+            if stamp is not None:
+                for i, call in enumerate(calls[: len(outcomes)]):
+                    timing[call[0]] = (stamp, i)
+            if kind is not None and kind is not _JOINED:
                 busy[kind] -= 1
             if self.clocks:
                 self.clocks.pop(calls[0][0], None)
             if private and len(calls) == 1 and outcomes:  # the common case, kept lean
                 ok, value = outcomes[0]
                 key = calls[0][0]
+                if emitter is not None:
+                    self.event("started", key)
                 if ok:
                     finish(key, value)
+                    self.done += 1
+                    if emitter is not None:
+                        self.event("finished", key)
                     if holding:
                         self.release(key)
                 else:
@@ -1487,6 +1657,8 @@ class _Run:
             last = len(calls) - 1
             for i, (ok, value) in enumerate(outcomes):
                 key = calls[i][0]
+                if emitter is not None and kind != _JOINED:
+                    self.event("started", key)
                 if not ok and self.retry(key, value):
                     self.ran += 1
                     break
@@ -1502,6 +1674,9 @@ class _Run:
                     self.fail_final(key, value)
                     break
                 finish(key, value)
+                self.done += 1
+                if emitter is not None and kind != _JOINED:
+                    self.event("finished", key)
                 if holding:
                     self.release(key)
                 if i < last:
@@ -1562,6 +1737,9 @@ class _Run:
             failed.attempts = tries
             _note(failed, f"attempt {tries}/{policy.retries + 1} on {task.kind} pool")
         self.state.fail(key, failed)
+        self.done += 1
+        if self.emitter is not None:
+            self.event("failed", key, failed)
         self.stop_at(failed)
         if self.holding:
             self.release(key)
@@ -1590,6 +1768,8 @@ class _Run:
             return False
         self.attempts[key] = tries + 1
         self.retried += 1
+        if self.emitter is not None:
+            self.event("retried", key, exc, tries)
         due = time.monotonic() + policy.delay(tries)
         heapq.heappush(self.timers, (due, next(self.seq), key))
         self.inflight += 1  # the loop waits for it like for a unit in flight
@@ -1605,9 +1785,9 @@ class _Run:
             if self.local is not None:
                 self.local.clear()
 
-    def results(self, raising: bool = True) -> Results:
+    def results(self, raising: bool = True, stopped: bool = False) -> Results:
         """Return the run's Results; raise its first failure (with them) if it failed
-        fast, unless not ``raising``."""
+        fast, unless not ``raising``. ``stopped``: the run was cancelled."""
         state = self.state
         errors: dict[Hashable, TaskFailed] = dict(state.errors)  # type: ignore[arg-type]
         skipped: dict[Hashable, TaskFailed] = {}
@@ -1616,6 +1796,15 @@ class _Run:
                 errors[key]._set_chains(chains)
                 for chain in chains:
                     skipped[chain[0]] = errors[key]
+        if self.emitter is not None:
+            for key, failure in skipped.items():
+                self.event("skipped", key, failure)
+            if stopped:
+                for key in self.unfinished(skipped):
+                    self.event("cancelled", key)
+            self.flush()
+        if self.progress is not None:
+            self.progress.update(self.done + len(skipped), 0, len(errors), self.retried)
         sent, received = self.pools.process_stats()
         local = self.local
         stats = RunStats(
@@ -1631,8 +1820,17 @@ class _Run:
             bytes_moved=local.bytes_moved if local is not None else 0,
             tasks_recomputed=self.recomputed,
             tasks_retried=self.retried,
+            tasks=TaskTable(
+                self.tasks, self.timing, self.queued_at, self.attempts, errors, self.cached
+            ),
+            workers=self.workers(),
+            deps=Deps(self.tasks, state.run_keys),
+            started_at=self.started,
         )
         results = Results(state.target_values(), errors, skipped, stats)
+        results._tasks = self.tasks
+        results._keys = (state.reused, state.run_keys)
+        results._stopped = stopped
         if self.first is not None and raising:
             self.first.results = results
             raise self.first
@@ -1656,18 +1854,20 @@ class _Clock:
     when the function returns.
     """
 
-    __slots__ = ("began", "calls", "fn", "lent", "lock", "returned")
+    __slots__ = ("began", "calls", "fn", "lent", "lock", "returned", "worker")
 
     def __init__(self, fn: Callable[..., Any], calls: list[Call]) -> None:
         self.fn = fn
         self.calls = calls
-        self.began = 0.0
+        self.began = 0.0  # perf_counter()
+        self.worker = ""
         self.lock = threading.Lock()
         self.lent: _ThreadPool | None = None
         self.returned = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.began = time.monotonic()
+        self.worker = threading.current_thread().name
+        self.began = time.perf_counter()
         try:
             return self.fn(*args, **kwargs)
         finally:

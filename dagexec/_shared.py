@@ -42,7 +42,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sized
 from concurrent.futures import Executor
 from contextlib import nullcontext
 from functools import partial
@@ -68,6 +68,7 @@ from ._pools import (
     dumps,
     run_calls,
 )
+from ._progress import Progress, check_progress
 from ._results import Results, RunStats
 from ._runner import Runner, run_for, run_here, take_batch, task_failed
 from ._worker import LOST, OK
@@ -97,6 +98,7 @@ def map_shared(
     executors: Mapping[str, Executor] | None = None,
     return_exceptions: bool = False,
     runner: Runner | None = None,
+    progress: bool | str = False,
 ) -> list[R]:
     """Return ``[fn(item, shared(key(item))) for item in items]``, computed in parallel.
 
@@ -119,6 +121,8 @@ def map_shared(
         runner: run on this Runner: shared values it holds are reused, keys other
             callers are computing are joined, and the shared values computed here are
             held by it for later calls (``runner.clear()`` drops them).
+        progress: ``True`` shows a live bar of the items on stderr when it is a
+            terminal; ``"always"`` shows it anyway.
 
     Returns:
         The results in input order.
@@ -133,6 +137,7 @@ def map_shared(
     """
     spec = _Spec(fn, shared, key, kind, shared_kind, return_exceptions)
     _check_runner(runner, max_workers, executors)
+    show = check_progress(progress)
     entries = [spec.entry(i, item) for i, item in enumerate(items)]
     if not return_exceptions:
         for entry in entries:
@@ -143,8 +148,11 @@ def map_shared(
     out: list[Any] = [None] * len(entries)
     done: dict[Hashable, Any] = {}
     errors: dict[Hashable, TaskFailed] = {}
+    stream = _stream(loop, iter(entries), len(entries) or 1, own)
+    if show:
+        stream = _shown(stream, loop, Progress(len(entries), show, unit="items"))
     try:
-        for i, ok, value in _stream(loop, iter(entries), len(entries) or 1, own):
+        for i, ok, value in stream:
             out[i] = value
             if ok:
                 done[i] = value
@@ -178,6 +186,7 @@ def imap_shared(
     executors: Mapping[str, Executor] | None = None,
     return_exceptions: bool = False,
     runner: Runner | None = None,
+    progress: bool | str = False,
 ) -> Iterator[tuple[int, R]]:
     """Yield ``(index, fn(item, shared(key(item))))`` for every item, as items complete.
 
@@ -190,8 +199,10 @@ def imap_shared(
     Args:
         window: items in flight at most; default 64, or 8 per CPU if that is more.
         fn, items, shared, key, kind, shared_kind, max_workers, executors,
-            return_exceptions, runner: as for ``map_shared``; with
-            ``return_exceptions`` a failure is yielded as its ``TaskFailed``.
+            return_exceptions, runner, progress: as for ``map_shared``; with
+            ``return_exceptions`` a failure is yielded as its ``TaskFailed``. The
+            progress bar's total is ``len(items)`` when items have one, else it grows
+            as items are read.
 
     Raises:
         TaskFailed: the first failure (unless ``return_exceptions``), once the items
@@ -203,9 +214,18 @@ def imap_shared(
     elif not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise ValueError(f"window must be an int >= 1, not {window!r}")
     _check_runner(runner, max_workers, executors)
-    entries = (spec.entry(i, item) for i, item in enumerate(items))  # TypeError now
+    show = check_progress(progress)
+    entries: Iterator[_Entry] = (spec.entry(i, item) for i, item in enumerate(items))
     loop, own = _start(spec, runner, max_workers, executors)
+    bar = None
+    if show:
+        sized = isinstance(items, Sized)
+        bar = Progress(len(items) if isinstance(items, Sized) else 0, show, unit="items")
+        if not sized:
+            entries = _counted(entries, bar)
     stream = _stream(loop, entries, window, own)
+    if bar is not None:
+        stream = _shown(stream, loop, bar)
     if spec.fail_fast:  # failures raise, the first one at the end
         return ((i, value) for i, ok, value in stream if ok)
     return ((i, value) for i, _, value in stream)
@@ -331,6 +351,33 @@ def _stream(
             own.shutdown(wait=True)
     if loop.first is not None:
         raise loop.first
+
+
+def _shown(stream: Iterator[_Done], loop: _Loop, bar: Progress) -> Iterator[_Done]:
+    """Pass ``stream`` through, drawing ``bar`` (at most every 0.1 s) as items complete."""
+    done = failed = 0
+    next_draw = 0.0
+    ok_end = False
+    try:
+        for i, ok, value in stream:
+            done += 1
+            failed += not ok
+            now = time.perf_counter()
+            if now >= next_draw:
+                next_draw = now + 0.1
+                bar.update(done, sum(loop.busy.values()), failed, 0)
+            yield i, ok, value
+        ok_end = True
+    finally:
+        bar.update(done, 0, failed, 0)
+        bar.close(ok_end)
+
+
+def _counted(entries: Iterator[_Entry], bar: Progress) -> Iterator[_Entry]:
+    """Grow the bar's total as an unsized iterable of items is read."""
+    for entry in entries:
+        bar.add_total(1)
+        yield entry
 
 
 def _halt(loop: _Loop, own: Runner | None) -> None:
@@ -574,7 +621,9 @@ class _Loop:
         self.busy[kind] += 1
         pool.submit(calls, self.sinks[kind], self.stop.is_set)
 
-    def item_sink(self, kind: str | None, calls: list[Call], outcomes: list[Outcome]) -> None:
+    def item_sink(
+        self, kind: str | None, calls: list[Call], outcomes: list[Outcome], _stamp: Any = None
+    ) -> None:
         self.queue.put((_ITEM, calls[0][0], outcomes, kind))
 
     def start_shared(self, k: Hashable) -> None:

@@ -124,37 +124,39 @@ class Remote:
 
 def run_unit(
     drops: tuple[Token, ...], body: bytes, keep: Token | None, send: bool
-) -> tuple[int, Any, int, float]:
-    """Run one call in this worker: ``(status, data, size, seconds)``.
+) -> tuple[int, Any, int, int, float, float]:
+    """Run one call in this worker: ``(status, data, size, pid, began, ended)``.
 
     ``keep``: store the value under this token; ``send``: also return it pickled
     (``data``). A failure comes back pickled as ``_pools`` encodes them, for
     ``decode_outcomes``; a lost input as ``LOST`` with its token. ``size`` estimates a
-    kept value's bytes; ``seconds`` is how long the call ran.
+    kept value's bytes; ``began`` and ``ended`` (``perf_counter``) frame the call.
     """
     from ._pools import encode_failure, encode_result, run_calls
 
+    pid = os.getpid()
+    began = perf_counter()
     for token in drops:
         _store.pop(token, None)
     try:
         calls = pickle.loads(body)
     except _Lost as lost:
-        return LOST, lost.token, 0, 0.0
+        return LOST, lost.token, 0, pid, began, perf_counter()
     except Exception as exc:  # most often a module the worker cannot import
-        return FAILED, encode_failure(None, exc, loading=True), 0, 0.0
-    started = perf_counter()
+        return FAILED, encode_failure(None, exc, loading=True), 0, pid, began, perf_counter()
+    began = perf_counter()
     ok, value = run_calls(calls)[0]
-    elapsed = perf_counter() - started
+    ended = perf_counter()
     if not ok:
-        return FAILED, encode_failure(calls[0][0], value), 0, elapsed
+        return FAILED, encode_failure(calls[0][0], value), 0, pid, began, ended
     if keep is not None:
         _store[keep] = value
     if not send:
-        return OK, None, approx_size(value), elapsed
+        return OK, None, approx_size(value), pid, began, ended
     ok, data = encode_result(calls[0][0], value)
     if not ok and keep is not None:
         del _store[keep]
-    return (OK if ok else FAILED), data, len(data), elapsed
+    return (OK if ok else FAILED), data, len(data), pid, began, ended
 
 
 def fetch_value(drops: tuple[Token, ...], token: Token | None) -> tuple[int, Any]:

@@ -26,7 +26,7 @@ class Sunk:
     def __init__(self) -> None:
         self.queue: queue.SimpleQueue[tuple[list[Call], list[Outcome]]] = queue.SimpleQueue()
 
-    def __call__(self, calls: list[Call], outcomes: list[Outcome]) -> None:
+    def __call__(self, calls: list[Call], outcomes: list[Outcome], stamp: object = None) -> None:
         self.queue.put((calls, outcomes))
 
     def take(self, n: int = 1) -> dict[Any, list[Outcome]]:
