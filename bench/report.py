@@ -1084,6 +1084,34 @@ def _print_header(mode: Mode, info: dict[str, Any], repeats: int) -> None:
     print()
 
 
+def lint_trace(mode: Mode, workers: int, out: Path, timeout: float) -> dict[str, Any]:
+    """Run the lint example once as a ``dagexec.Graph`` with a progress bar; write its
+    Chrome trace to ``out/lint-trace.json`` and print its run summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    trace = out / "lint-trace.json"
+    limit = [] if mode.d_limit is None else ["--limit", str(mode.d_limit)]
+    command = [sys.executable, str(LINT_EXAMPLE), "--no-sequential", "--progress"]
+    command += [*limit, "--workers", str(workers), "--trace", str(trace)]
+    print("## Where the lint's time goes (a dagexec.Graph run of the same lint)")
+    print()
+    try:
+        # stderr (the progress bar) goes to the terminal, if any; stdout is the report's.
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"- timed out after {timeout:.0f} s")
+        return {"ok": False}
+    summary = done.stdout.split("the same lint as a dagexec.Graph", 1)[-1].splitlines()[1:]
+    print("```")
+    print("\n".join(line for line in summary if line.strip() and "trace written" not in line))
+    print("```")
+    print()
+    ok = done.returncode == 0 and trace.exists()
+    print(f"- trace: `{trace}` (open it in https://ui.perfetto.dev)" if ok else
+          f"- **failed** (exit {done.returncode})")  # fmt: skip
+    print()
+    return {"ok": ok, "trace": str(trace), "summary": summary}
+
+
 def _finish(report: dict[str, Any], targets: list[Target], args: argparse.Namespace) -> int:
     """Write the JSON and the chart, print the summary; return the exit status."""
     failed = [
@@ -1159,6 +1187,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = run_jobs(w, mode, variants, args.repeats, args.workers, timeout)
         report["workloads"][w] = rows
         _print_section(w, rows, report, mode, args.workers)
+
+    if "d" in workloads:
+        report["lint_trace"] = lint_trace(mode, args.workers, args.out, timeout)
 
     targets = evaluate_targets(report)
     report["targets"] = [asdict(t) for t in targets]

@@ -436,8 +436,9 @@ def _name(key: Hashable) -> str:
 def _label(key: Hashable) -> str:
     """Return ``key`` as text short enough for one line of the summary."""
     text = _name(key)
-    if len(text) > _LABEL_LIMIT:
-        text = text[: _LABEL_LIMIT - 3] + "..."
+    if len(text) > _LABEL_LIMIT:  # keep both ends: keys often differ only at the end
+        head = (_LABEL_LIMIT - 3) // 3
+        text = text[:head] + "..." + text[head + 3 - _LABEL_LIMIT :]
     return text
 
 

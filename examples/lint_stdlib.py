@@ -463,7 +463,11 @@ def run_staged(files: list[str], workers: int, executor: str = "process") -> lis
 
 
 def run_dagexec(
-    files: list[str], workers: int, kind: str = "process", shared_kind: str | None = None
+    files: list[str],
+    workers: int,
+    kind: str = "process",
+    shared_kind: str | None = None,
+    progress: bool | str = False,
 ) -> list[Finding]:
     """Lint ``files`` with ``dagexec.map_shared``; return the sorted findings.
 
@@ -475,6 +479,7 @@ def run_dagexec(
         workers: the pool size of each kind.
         kind: where the checks run ("process", "thread" or "inline").
         shared_kind: where the parses run; None means the same as ``kind``.
+        progress: show a progress bar (``True``: when stderr is a terminal).
     """
     if "process" in (kind, shared_kind):
         _send_by_value_unless_importable()
@@ -486,8 +491,29 @@ def run_dagexec(
         kind=kind,
         shared_kind=shared_kind or kind,
         max_workers=workers,
+        progress=progress,
     )
     return sorted(finding for found in results for finding in found)
+
+
+def run_graph(
+    files: list[str], workers: int, kind: str = "process", progress: bool | str = False
+) -> tuple[list[Finding], dagexec.Results]:
+    """Lint ``files`` with a ``dagexec.Graph``: a parse task per file, a check task per
+    (file, rule) reading it. Return the sorted findings and the run's Results, whose
+    ``stats`` say where the time went (``stats.to_chrome_trace(path)`` for Perfetto).
+    """
+    if kind == "process":
+        _send_by_value_unless_importable()
+    g = dagexec.Graph(default_kind=kind)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    for path in files:
+        name = os.path.relpath(path, stdlib)  # short keys read better in the trace
+        tree = g.add(f"parse {name}", parse_file, path)
+        for rule in RULES:
+            g.add(f"{rule.__name__} {name}", check, (path, rule.__name__), tree)
+    results = g.run(max_workers=workers, progress=progress)
+    return sorted(finding for found in results.values() for finding in found), results
 
 
 # -- process workers -------------------------------------------------------------------
@@ -579,6 +605,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="time each variant N times")
     parser.add_argument("--no-sequential", action="store_true", help="skip the sequential run")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--progress", action="store_true", help="show progress bars (on a terminal)"
+    )
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        help="also lint with a dagexec.Graph; write its Chrome trace (Perfetto) here",
+    )
     args = parser.parse_args(argv)
 
     files = stdlib_files(args.limit)
@@ -587,7 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_sequential:
         variants["sequential"] = lambda: run_sequential(files)
     variants[f"staged ({args.kind} pool)"] = lambda: run_staged(files, args.workers, args.kind)
-    variants[f"dagexec ({args.kind})"] = lambda: run_dagexec(files, args.workers, args.kind)
+    variants[f"dagexec ({args.kind})"] = lambda: run_dagexec(
+        files, args.workers, args.kind, progress=args.progress
+    )
 
     findings: dict[str, list[Finding]] = {}
     walls: dict[str, list[float]] = {}
@@ -607,6 +644,16 @@ def main(argv: list[str] | None = None) -> int:
     if not differ:
         same = f"the same {len(reference)} findings (unparseable files included)"
         print(f"\nall {len(findings)} variants found {same}")
+
+    if args.trace is not None:
+        found, results = run_graph(files, args.workers, args.kind, progress=args.progress)
+        if found != reference:
+            differ.append("dagexec graph")
+            print(f"MISMATCH: dagexec graph vs {reference_name}")
+        results.stats.to_chrome_trace(args.trace)
+        print(f"\nthe same lint as a dagexec.Graph ({len(results.stats.tasks)} tasks):")
+        print(results.stats)
+        print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)")
 
     if args.json is not None:
         per_rule = Counter(rule for _, rule, _, _ in reference)

@@ -72,17 +72,18 @@ def main() -> int:
     g = dagexec.Graph()
     checks = {}
     for path in files:
-        tree = g.add(f"parse:{path}", parse, path, kind="process")
+        name = Path(path).relative_to(stdlib).as_posix()  # keys: short and readable
+        tree = g.add(f"parse:{name}", parse, path, kind="process")
         for check in CHECKS:
-            checks[f"{path}:{check.__name__}"] = g.add(f"{path}:{check.__name__}", check, tree)
+            checks[f"{name}:{check.__name__}"] = g.add(f"{name}:{check.__name__}", check, tree)
     g.add("report", report, checks)  # a dict of Refs: the task receives a dict of values
 
     started = time.perf_counter()
-    results = g.run()
+    results = g.run(progress=True)  # a live bar on stderr when it is a terminal
     wall = time.perf_counter() - started
 
     print(f"{len(files)} files, {len(CHECKS)} checks each, {len(g)} tasks in {wall:.2f} s")
-    print(f"run statistics: {results.stats}")
+    print(results.stats)  # where the time went: busy time, critical path, top tasks
     for check, count in sorted(results["report"].items()):
         print(f"  {check:18} {count:4} findings")
     # Each parse ran once however many checks needed it; the intermediate trees were
