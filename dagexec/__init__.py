@@ -10,6 +10,7 @@
     results = g.run()
 """
 
+from ._cache import DiskCache, NotCacheable
 from ._errors import (
     Cancelled,
     CycleError,
@@ -36,10 +37,12 @@ __all__ = [
     "Cancelled",
     "CycleError",
     "DagexecError",
+    "DiskCache",
     "DuplicateKeyError",
     "Graph",
     "GraphError",
     "MissingDependencyError",
+    "NotCacheable",
     "Ref",
     "Results",
     "RunStats",

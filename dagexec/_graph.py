@@ -25,6 +25,7 @@ from ._pictures import graph_nodes, to_dot, to_mermaid
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
+    from ._cache import DiskCache
     from ._events import TaskEvent
     from ._results import Results
     from ._runner import Runner
@@ -338,6 +339,7 @@ class Graph:
         timeout: float | None = None,
         resources: Mapping[str, float] | None = None,
         priority: int = 0,
+        cache: bool | None = None,
         **kwargs: Any,
     ) -> Ref[T]:
         """Add task ``key`` that calls ``fn(*args, **kwargs)`` and return a Ref to its value.
@@ -361,6 +363,8 @@ class Graph:
         - ``resources``: amounts it holds while running, like ``{"gpu": 1}``, against
           the run's ``limits=``.
         - ``priority``: among ready tasks, higher first (default 0).
+        - ``cache``: ``False`` keeps the task out of a run's persistent cache
+          (``run(cache=DiskCache(...))``), which otherwise stores every task's value.
 
         Raises:
             TypeError, ValueError: unhashable key, non-callable ``fn``, unknown kind, a
@@ -385,8 +389,11 @@ class Graph:
             and timeout is None
             and not resources
             and not priority
+            and cache is None
         ):
-            opts = make_options(key, kind, retries, retry_on, backoff, timeout, resources, priority)
+            opts = make_options(
+                key, kind, retries, retry_on, backoff, timeout, resources, priority, cache
+            )
         deps: tuple[Hashable, ...] = ()
         refs: tuple[int, ...] | int = ()
         if args:
@@ -511,6 +518,7 @@ class Graph:
         limits: Mapping[str, float] | None = None,
         progress: bool | str = False,
         on_event: Callable[[TaskEvent], object] | None = None,
+        cache: DiskCache | None = None,
     ) -> Results:
         """Run the graph once on fresh pools and return the results.
 
@@ -531,6 +539,7 @@ class Graph:
                 limits=limits,
                 progress=progress,
                 on_event=on_event,
+                cache=cache,
             )
         finally:
             runner._close()
@@ -550,6 +559,7 @@ class Graph:
         limits: Mapping[str, float] | None = None,
         progress: bool | str = False,
         on_event: Callable[[TaskEvent], object] | None = None,
+        cache: DiskCache | None = None,
     ) -> Results:
         """Run the graph from asyncio code on fresh pools; see ``Runner.arun``.
 
@@ -569,6 +579,7 @@ class Graph:
             limits=limits,
             progress=progress,
             on_event=on_event,
+            cache=cache,
         )
 
 

@@ -43,7 +43,7 @@ class Backoff:
 class Options:
     """A task's own options; ``None`` fields fall back to the graph's, then the run's."""
 
-    __slots__ = ("backoff", "priority", "resources", "retries", "retry_on", "timeout")
+    __slots__ = ("backoff", "cache", "priority", "resources", "retries", "retry_on", "timeout")
 
     def __init__(
         self,
@@ -53,6 +53,7 @@ class Options:
         timeout: float | None,
         resources: Mapping[str, float],
         priority: int,
+        cache: bool | None = None,
     ) -> None:
         self.retries = retries
         self.retry_on = retry_on
@@ -60,6 +61,7 @@ class Options:
         self.timeout = timeout
         self.resources = resources
         self.priority = priority
+        self.cache = cache  # None: as the run says (cached when the run has a cache)
 
     def astuple(self) -> tuple[Any, ...]:
         return (
@@ -69,6 +71,7 @@ class Options:
             self.timeout,
             sorted(self.resources.items()),
             self.priority,
+            self.cache,
         )
 
 
@@ -156,6 +159,7 @@ def make_options(
     timeout: Any,
     resources: Any,
     priority: Any,
+    cache: Any = None,
 ) -> Options:
     """Validate a task's options (``Graph.add`` calls it only when some are set)."""
     where = f"task {key!r}"
@@ -181,7 +185,9 @@ def make_options(
             res[name] = amount
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise TypeError(f"{where}: priority must be an int (higher runs first), not {priority!r}")
-    return Options(retries, retry_on, backoff, timeout, res, priority)
+    if cache is not None and not isinstance(cache, bool):
+        raise TypeError(f"{where}: cache must be True or False, not {cache!r}")
+    return Options(retries, retry_on, backoff, timeout, res, priority, cache)
 
 
 def check_limits(limits: Any) -> dict[str, float]:

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import graphlib
 import heapq
 import itertools
 import sys
 import threading
 import time
+import warnings
 from collections import ChainMap, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError
@@ -30,8 +32,9 @@ from contextlib import contextmanager, suppress
 from functools import partial
 from queue import Empty, SimpleQueue
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from ._cachekey import StoreValue, task_keys
 from ._errors import Cancelled, DuplicateKeyError, TaskFailed, TaskTimeout, WorkerDied, _Interrupted
 from ._events import EventType, TaskEvent, _Emitter, check_on_event
 from ._graph import _NO_KWARGS, KINDS, Graph, Ref, _Task, check_task, resolve_args, unhashable
@@ -58,9 +61,12 @@ from ._pools import (
 )
 from ._progress import Progress, check_progress
 from ._results import Results, RunStats
-from ._state import RunState
+from ._state import RunState, sink_keys
 from ._timings import Deps, TaskTable
 from ._worker import FAILED, LOST, OK
+
+if TYPE_CHECKING:
+    from ._cache import DiskCache
 
 __all__ = ["Runner"]
 
@@ -167,14 +173,18 @@ class Runner:
             cores.
         executors: a ``concurrent.futures.Executor`` per kind to use instead of our own
             pool; dagexec never shuts down an executor it did not create.
+        cache: a persistent cache (``DiskCache``) for every run of this Runner, unless
+            a run passes its own.
     """
 
     def __init__(
         self,
         max_workers: int | Mapping[str, int] | None = None,
         executors: Mapping[str, Executor] | None = None,
+        cache: DiskCache | None = None,
     ) -> None:
         self._pools = Pools(max_workers, executors)
+        self._cache = _check_cache(cache)
         self._once = OnceMap()
         self._closed = False
         # Set by Graph.run: nobody else can reach this Runner, so the sorter alone
@@ -234,6 +244,7 @@ class Runner:
         limits: Mapping[str, float] | None = None,
         progress: bool | str = False,
         on_event: Callable[[TaskEvent], object] | None = None,
+        cache: DiskCache | None = None,
     ) -> Results:
         """Run ``graph`` and return the values of its targets.
 
@@ -260,6 +271,10 @@ class Runner:
                 task (queued, started, finished, failed, retried, skipped, cached,
                 cancelled), on the run's own thread, never under a lock. An exception
                 it raises is reported once (a ``RuntimeWarning``) and the run goes on.
+            cache: a ``DiskCache`` (default: the Runner's): a task whose value it holds
+                is not run, and every task that runs stores its value there (unless
+                added with ``cache=False``). Keys hash each function's code and its
+                arguments, with dependencies standing in by their own keys.
 
         Raises:
             MissingDependencyError, CycleError: before any task starts.
@@ -280,6 +295,7 @@ class Runner:
             limits,
             progress,
             on_event,
+            cache,
         )
         pool = current_thread_pool()
         if pool is None:
@@ -301,6 +317,7 @@ class Runner:
         limits: Mapping[str, float] | None = None,
         progress: bool | str = False,
         on_event: Callable[[TaskEvent], object] | None = None,
+        cache: DiskCache | None = None,
     ) -> Results:
         """Run ``graph`` from asyncio code; like ``run``, without blocking the event loop.
 
@@ -322,6 +339,7 @@ class Runner:
             limits=limits,
             progress=progress,
             on_event=on_event,
+            cache=cache,
         )
 
     async def _arun(self, graph: Graph, close: bool, **options: Any) -> Results:
@@ -394,6 +412,7 @@ class Runner:
         limits: Mapping[str, float] | None = None,
         progress: bool | str = False,
         on_event: Callable[[TaskEvent], object] | None = None,
+        cache: DiskCache | None = None,
     ) -> _Run:
         """Check a run's arguments and plan it; raise before any work starts."""
         self._check_open()
@@ -417,6 +436,7 @@ class Runner:
             policy,
             timeout,
             check_limits(limits),
+            self._cache if cache is None else _check_cache(cache),
         )
         run.emitter = emitter
         run.show = show
@@ -584,6 +604,35 @@ class _Shipping(Mapping[Hashable, Any]):
         return len(self.run.state.values)
 
 
+def _check_cache(cache: object) -> DiskCache | None:
+    """Check a ``cache=`` argument: None or a DiskCache."""
+    if cache is None:
+        return None
+    from ._cache import DiskCache
+
+    if isinstance(cache, DiskCache):
+        return cache
+    raise TypeError(f"cache must be a dagexec.DiskCache or None, not {cache!r}")
+
+
+def _upstream_order(
+    tasks: Mapping[Hashable, _Task], wanted: Iterable[Hashable], held: Mapping[Hashable, Any]
+) -> list[Hashable]:
+    """The keys ``wanted`` needs (not through ``held`` ones), dependencies first."""
+    needed: dict[Hashable, None] = {}
+    stack = [k for k in wanted if k not in held]
+    while stack:
+        key = stack.pop()
+        if key in needed:
+            continue
+        needed[key] = None
+        stack.extend(d for d in tasks[key].preds if d not in held and d not in needed)
+    sorter: graphlib.TopologicalSorter[Hashable] = graphlib.TopologicalSorter()
+    for key in needed:
+        sorter.add(key, *(d for d in tasks[key].preds if d in needed))
+    return list(sorter.static_order())
+
+
 def _target_keys(
     graph: Graph, targets: Iterable[Hashable | Ref[Any]] | None
 ) -> list[Hashable] | None:
@@ -678,6 +727,7 @@ class _Run:
         policy: Policy | None = None,
         timeout: float | None = None,
         limits: Mapping[str, float] | None = None,
+        cache: DiskCache | None = None,
     ) -> None:
         self.started = time.perf_counter()
         self.once = runner._once
@@ -685,8 +735,14 @@ class _Run:
         tasks = graph._tasks
         self.private = runner._private
         held = self.once.held(tasks) if len(self.once) else {}
+        values = {k: c.value for k, c in held.items()}
+        self.cache = cache
+        self.cache_keys: dict[Hashable, str] = {}  # key -> its content key in ``cache``
+        self.cache_hits = 0
+        if cache is not None:
+            values.update(self.from_cache(cache, tasks, targets, values))
         with _gc_paused():
-            self.state = RunState(tasks, targets, {k: c.value for k, c in held.items()}, keep_all)
+            self.state = RunState(tasks, targets, values, keep_all)
         # What each held value was computed from, to record what new held values are.
         self.lineages: dict[Hashable, Lineage] = {k: c.lineage for k, c in held.items()}
         self.tasks = tasks
@@ -754,6 +810,58 @@ class _Run:
         self.prioritized = False
         if graph._options:
             self.check_options()
+
+    def from_cache(
+        self,
+        cache: DiskCache,
+        tasks: Mapping[Hashable, _Task],
+        targets: list[Hashable] | None,
+        held: Mapping[Hashable, Any],
+    ) -> dict[Hashable, Any]:
+        """Key every task the targets need; return the values ``cache`` has for them.
+
+        From the targets up: a task found in the cache is not run and its inputs are
+        not needed (so they are neither run nor loaded); one not found needs its inputs.
+        """
+        wanted = sink_keys(tasks) if targets is None else targets
+        order = _upstream_order(tasks, wanted, held)
+        keys, why = task_keys(tasks, order)
+        if why:
+            first = ", ".join(f"{k!r} ({reason})" for k, reason in list(why.items())[:3])
+            warnings.warn(
+                f"{len(why)} task(s) have no cache key and are not cached: {first}",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+        for key, content in keys.items():
+            opts = tasks[key].opts
+            if opts is None or opts.cache is not False:
+                self.cache_keys[key] = content
+        hits: dict[Hashable, Any] = {}
+        seen = set(held)
+        stack = list(wanted)
+        while stack:
+            key = stack.pop()
+            if key in seen:
+                continue
+            seen.add(key)
+            ckey = self.cache_keys.get(key)
+            if ckey is not None:
+                hit, value = cache.get(ckey)
+                if hit:
+                    hits[key] = value
+                    continue
+            stack.extend(tasks[key].preds)
+        self.cache_hits = len(hits)
+        return hits
+
+    def stored(self, key: Hashable, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn``, wrapped to store its value in the run's cache if ``key`` has a key."""
+        ckey = self.cache_keys.get(key)
+        if ckey is None:
+            return fn
+        assert self.cache is not None
+        return StoreValue(fn, self.cache, ckey, key)
 
     def check_options(self) -> None:
         """Check resources against the limits, and order ready keys by priority if set."""
@@ -1155,14 +1263,15 @@ class _Run:
         if not (self.private or key in self.cells or self.claim(task)):
             return None  # joined (a retry owns its cell already)
         state = self.state
+        fn = self.stored(key, task.fn) if self.cache_keys else task.fn
         if task.refs:
             if task.kind == "process":
                 args, kwargs = resolve_args(task.args, task.kwargs, task.refs, _Shipping(self))
             else:
                 args, kwargs = state.args(task)
-            calls: list[Call] = [(key, task.fn, args, kwargs, (), True)]
+            calls: list[Call] = [(key, fn, args, kwargs, (), True)]
         else:
-            calls = [(key, task.fn, task.args, task.kwargs, (), True)]
+            calls = [(key, fn, task.args, task.kwargs, (), True)]
         each = None
         timeout = None
         if task.opts is not None and task.opts.timeout is not None:
@@ -1311,6 +1420,8 @@ class _Run:
         state = self.state
         send = not keep or state.keep_all or key in state.targets or key in read_here
         fn = local.function(task.fn, slot)
+        if self.cache_keys:
+            fn = self.stored(key, fn)
         timeout = task.opts.timeout if task.opts is not None else None
         self.timed = self.timed or timeout is not None
         calls: list[Call] = [(key, fn, args, kwargs, (), True)]
@@ -1523,7 +1634,8 @@ class _Run:
         now = time.perf_counter()
         for nxt in chain[1:]:
             t = self.tasks[nxt]
-            calls.append((nxt, t.fn, t.args, t.kwargs, t.refs, keep or nxt in targets))
+            fn = self.stored(nxt, t.fn) if self.cache_keys else t.fn
+            calls.append((nxt, fn, t.args, t.kwargs, t.refs, keep or nxt in targets))
             self.queued_at[nxt] = now  # handed out with the chain
             if self.emitter is not None:
                 self.event("queued", nxt)
@@ -1799,7 +1911,7 @@ class _Run:
         if self.emitter is not None:
             for key, failure in skipped.items():
                 self.event("skipped", key, failure)
-            if stopped:
+            if stopped or self.first is not None:  # what never got to run
                 for key in self.unfinished(skipped):
                     self.event("cancelled", key)
             self.flush()
@@ -1820,6 +1932,7 @@ class _Run:
             bytes_moved=local.bytes_moved if local is not None else 0,
             tasks_recomputed=self.recomputed,
             tasks_retried=self.retried,
+            tasks_cached=self.cache_hits,
             tasks=TaskTable(
                 self.tasks, self.timing, self.queued_at, self.attempts, errors, self.cached
             ),

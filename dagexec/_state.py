@@ -27,7 +27,7 @@ from typing import Any
 from ._errors import CycleError, MissingDependencyError
 from ._graph import _Task, resolve_args
 
-__all__ = ["RunState"]
+__all__ = ["RunState", "sink_keys"]
 
 
 class RunState:
@@ -59,7 +59,7 @@ class RunState:
             self._build(tasks)
             self.targets: dict[Hashable, None] = {k: None for k in tasks if k not in self.remaining}
         else:
-            self.targets = dict.fromkeys(_sinks(tasks) if targets is None else targets)
+            self.targets = dict.fromkeys(sink_keys(tasks) if targets is None else targets)
             self._build(self._plan(held))
         self.values: dict[Hashable, Any] = {k: held[k] for k in self.reused}
         self.errors: dict[Hashable, BaseException] = {}
@@ -235,7 +235,8 @@ class RunState:
         return {k: values[k] for k in self.targets if k in values}
 
 
-def _sinks(tasks: Mapping[Hashable, _Task]) -> list[Hashable]:
+def sink_keys(tasks: Mapping[Hashable, _Task]) -> list[Hashable]:
+    """The keys nothing depends on: what a run returns by default."""
     needed: set[Hashable] = set()
     for task in tasks.values():
         needed.update(task.preds)

@@ -106,6 +106,8 @@ class RunStats:
             before every task that needs it had read it.
         tasks_retried: attempts started again after a failure (``retries=``); each
             attempt also counts in ``tasks_run``.
+        tasks_cached: tasks not run because the run's ``DiskCache`` had their value
+            (also counted in ``tasks_reused``).
         tasks: one ``TaskStats`` per task this run ran or reused, by key.
         workers: per kind, the number of workers of that kind the run had.
         deps: each task's dependencies (the edges of the critical path).
@@ -124,6 +126,7 @@ class RunStats:
     bytes_moved: int = 0
     tasks_recomputed: int = 0
     tasks_retried: int = 0
+    tasks_cached: int = 0
     # Mappings are left out of the hash (a dict is unhashable) and ``tasks`` out of the
     # repr (a run may have 100,000 of them).
     tasks: Mapping[Hashable, TaskStats] = field(default_factory=dict, repr=False, hash=False)
@@ -196,8 +199,9 @@ class RunStats:
 
     def __str__(self) -> str:
         lines = [
-            f"{self.tasks_run} tasks run, {self.tasks_reused} reused, "
-            f"{self.tasks_failed} failed, {self.tasks_skipped} skipped "
+            f"{self.tasks_run} tasks run, {self.tasks_reused} reused"
+            + (f" ({self.tasks_cached} from the cache)" if self.tasks_cached else "")
+            + f", {self.tasks_failed} failed, {self.tasks_skipped} skipped "
             f"in {self.wall_time:.3f} s"
         ]
         ran = [task for task in self.tasks.values() if task.status != "cached"]

@@ -16,6 +16,7 @@ import sysconfig
 import textwrap
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 from types import ModuleType
 
 import pytest
@@ -439,7 +440,7 @@ def test_main_prints_the_summary_and_writes_json(
 def test_main_fails_when_the_variants_disagree(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def one_more(files: list[str], workers: int, kind: str = "process") -> list[object]:
+    def one_more(files: list[str], workers: int, kind: str = "process", **_: Any) -> list[object]:
         return [*lint.run_sequential(files), (files[0], "bare_except", 1, "not there")]
 
     monkeypatch.setattr(lint, "run_dagexec", one_more)
@@ -455,6 +456,20 @@ def test_runs_as_a_script_with_process_workers(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["identical"] is True
     assert set(report["best_s"]) == {"sequential", "staged (process pool)", "dagexec (process)"}
+
+
+def test_trace_runs_the_lint_as_a_graph_and_writes_a_perfetto_trace(tmp_path: Path) -> None:
+    trace = tmp_path / "lint-trace.json"
+    command = [sys.executable, str(EXAMPLE), "--workers", "2", "--limit", "6", "--kind"]
+    command += ["thread", "--no-sequential", "--progress", "--trace", str(trace)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "MISMATCH" not in done.stdout
+    assert "critical path:" in done.stdout
+    events = json.loads(trace.read_text())["traceEvents"]
+    ran = [e for e in events if e["ph"] == "X"]
+    assert len(ran) == 6 * (1 + len(lint.RULES))  # a parse and a check per rule per file
+    assert {e["name"].split()[0] for e in ran} == {"parse", *(r.__name__ for r in lint.RULES)}
 
 
 def test_run_staged_needs_the_module_registered(tmp_path: Path) -> None:
