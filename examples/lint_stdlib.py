@@ -497,11 +497,16 @@ def run_dagexec(
 
 
 def run_graph(
-    files: list[str], workers: int, kind: str = "process", progress: bool | str = False
+    files: list[str],
+    workers: int,
+    kind: str = "process",
+    progress: bool | str = False,
+    cache: dagexec.DiskCache | None = None,
 ) -> tuple[list[Finding], dagexec.Results]:
     """Lint ``files`` with a ``dagexec.Graph``: a parse task per file, a check task per
     (file, rule) reading it. Return the sorted findings and the run's Results, whose
     ``stats`` say where the time went (``stats.to_chrome_trace(path)`` for Perfetto).
+    With a ``cache``, a task whose value it holds is not run again.
     """
     if kind == "process":
         _send_by_value_unless_importable()
@@ -512,7 +517,7 @@ def run_graph(
         tree = g.add(f"parse {name}", parse_file, path)
         for rule in RULES:
             g.add(f"{rule.__name__} {name}", check, (path, rule.__name__), tree)
-    results = g.run(max_workers=workers, progress=progress)
+    results = g.run(max_workers=workers, progress=progress, cache=cache)
     return sorted(finding for found in results.values() for finding in found), results
 
 
@@ -614,6 +619,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="also lint with a dagexec.Graph; write its Chrome trace (Perfetto) here",
     )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="also lint with a dagexec.Graph twice on this (emptied) cache: cold, then warm",
+    )
     args = parser.parse_args(argv)
 
     files = stdlib_files(args.limit)
@@ -654,6 +665,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nthe same lint as a dagexec.Graph ({len(results.stats.tasks)} tasks):")
         print(results.stats)
         print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)")
+
+    if args.cache is not None:
+        cache = dagexec.DiskCache(args.cache)
+        cache.clear()
+        walls_cache = []
+        for _ in ("cold", "warm"):
+            started = time.perf_counter()
+            found, results = run_graph(files, args.workers, args.kind, args.progress, cache)
+            walls_cache.append(time.perf_counter() - started)
+            if found != reference:
+                differ.append("dagexec graph (cache)")
+                print(f"MISMATCH: dagexec graph with a cache vs {reference_name}")
+        cold, warm = walls_cache
+        print(
+            f"\ncache: cold {cold:.2f} s ({len(cache)} entries, {cache.size_bytes() / 1e6:.1f} MB), "
+            f"warm {warm:.2f} s ({results.stats.tasks_cached} targets from the cache, "
+            f"{results.stats.tasks_run} tasks run): {cold / warm:.1f}x"
+        )
 
     if args.json is not None:
         per_rule = Counter(rule for _, rule, _, _ in reference)
