@@ -27,7 +27,8 @@ __all__ = ["EventType", "TaskEvent", "check_on_event"]
 #: - ``retried``: an attempt raised and another one will follow (``error``: the cause).
 #: - ``skipped``: it never ran because something it needs failed (``error``: that).
 #: - ``cached``: its value was reused (held by the Runner, computed by another caller).
-#: - ``cancelled``: the run stopped (cancel, timeout, Ctrl-C) before it finished.
+#: - ``cancelled``: the run stopped (cancel, timeout, Ctrl-C, or the first failure with
+#:   ``on_error="raise"``) before it finished.
 EventType = Literal[
     "queued", "started", "finished", "failed", "retried", "skipped", "cached", "cancelled"
 ]

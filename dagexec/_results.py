@@ -43,6 +43,7 @@ class Results(Mapping[Hashable, Any]):
         self._tasks: Mapping[Hashable, _Task] | None = None
         self._keys: tuple[Mapping[Hashable, Any], ...] = ()
         self._stopped = False
+        self._finished: set[Hashable] = set()  # finished, with no record (a cut chain)
 
     @property
     def skipped(self) -> list[Hashable]:
@@ -100,6 +101,8 @@ class Results(Mapping[Hashable, Any]):
                     status = "skipped"
                 elif record is not None:
                     status = record.status
+                elif key in self._finished:
+                    status = "finished"
                 else:
                     status = unfinished
                 if record is not None:

@@ -796,6 +796,7 @@ class _Run:
         self.deferred: list[tuple[int, int, Hashable]] = []
         self.loop_pool: Pool | None = None  # an _AsyncPool on the caller's loop (arun)
         self.early: dict[Hashable, Any] = {}  # values computed in chains (keep_each)
+        self.early_done: dict[Hashable, float] = {}  # keys a chain computed -> when
         # What the run saw (statistics, events, progress); times are perf_counter().
         self.emitter: _Emitter | None = None  # set by Runner._plan, like ``show``
         self.show: bool | str = False
@@ -924,7 +925,11 @@ class _Run:
             self.loop()
         except BaseException as exc:  # cancel, Ctrl-C, or an inline task's SystemExit
             self.abort(exc)
-            stopped = self.stopped(exc)
+            try:
+                stopped = self.stopped(exc)  # closes the progress bar, with its results
+            finally:
+                if self.progress is not None:
+                    self.progress.close(ok=False)
             if stopped is None:
                 raise
             if stopped is exc:
@@ -935,9 +940,7 @@ class _Run:
                 self.local.close()  # the workers forget this run's values
             if self.loop_pool is not None:
                 self.loop_pool.shutdown(wait=False)
-            if self.progress is not None:
-                self.progress.close()
-        return self.results()
+        return self.results()  # draws the progress bar's final counts and closes it
 
     def stopped(self, exc: BaseException) -> Cancelled | None:
         """Return the Cancelled to raise for ``exc`` (with the results so far), if any."""
@@ -1033,6 +1036,7 @@ class _Run:
         """The keys of a stopped run that never got an outcome (cancelled)."""
         state = self.state
         done = self.timing
+        cells = self.cells
         return [
             k
             for k in state.run_keys
@@ -1041,6 +1045,8 @@ class _Run:
             and k not in skipped
             and k not in self.cached
             and k not in state.values
+            and k not in self.early_done
+            and not (k in cells and cells[k].done)  # a chain of a shared run settled it
         ]
 
     def workers(self) -> dict[str, int]:
@@ -1291,8 +1297,8 @@ class _Run:
                     kept = {
                         i: k for i, k in enumerate(chain) if state.keep_all or k in state.targets
                     }
-                    if kept:
-                        each = partial(self.keep_each, kept)
+                    if kept or self.emitter is not None:
+                        each = partial(self.keep_each, chain, kept)
         try:
             if pool is None:  # inline
                 # Only Exceptions are task failures here: Ctrl-C in the caller's thread
@@ -1616,10 +1622,15 @@ class _Run:
             self.cells[key] = cell
         return chain
 
-    def keep_each(self, kept: dict[int, Hashable], i: int, ok: bool, value: Any) -> None:
-        """Note a chain's target value on the worker that computed it (``keep_computed``)."""
-        if ok and i in kept:
-            self.early[kept[i]] = value
+    def keep_each(
+        self, chain: list[Hashable], kept: dict[int, Hashable], i: int, ok: bool, value: Any
+    ) -> None:
+        """Note, on the worker, that a chain computed a key (and a target's value), for a
+        run that stops before the chain returns (``keep_computed``, ``unfinished``)."""
+        if ok:
+            self.early_done[chain[i]] = time.perf_counter()
+            if i in kept:
+                self.early[kept[i]] = value
 
     def settle_each(self, cells: list[Cell], i: int, ok: bool, value: Any) -> None:
         """Settle one key of a chain on the worker that just computed it."""
@@ -1912,11 +1923,16 @@ class _Run:
             for key, failure in skipped.items():
                 self.event("skipped", key, failure)
             if stopped or self.first is not None:  # what never got to run
+                for key, when in self.early_done.items():
+                    if key not in self.timing and key not in state.errors:
+                        task = self.tasks[key]
+                        self.events.append(TaskEvent("finished", key, task.kind, "", 1, when))
                 for key in self.unfinished(skipped):
                     self.event("cancelled", key)
             self.flush()
-        if self.progress is not None:
+        if self.progress is not None:  # the final counts, then the bar is done
             self.progress.update(self.done + len(skipped), 0, len(errors), self.retried)
+            self.progress.close(ok=not errors and not stopped)
         sent, received = self.pools.process_stats()
         local = self.local
         stats = RunStats(
@@ -1943,7 +1959,11 @@ class _Run:
         results = Results(state.target_values(), errors, skipped, stats)
         results._tasks = self.tasks
         results._keys = (state.reused, state.run_keys)
-        results._stopped = stopped
+        results._stopped = stopped or self.first is not None
+        if results._stopped:  # finished inside a chain the stop cut short
+            early = {k for k in self.early_done if k not in self.timing}
+            early.update(k for k, cell in self.cells.items() if cell.done and cell.ok)
+            results._finished = early
         if self.first is not None and raising:
             self.first.results = results
             raise self.first

@@ -16,8 +16,8 @@ import sysconfig
 import textwrap
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 from types import ModuleType
+from typing import Any
 
 import pytest
 
