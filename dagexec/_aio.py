@@ -173,7 +173,7 @@ class _AsyncPool:
         self._units.discard(unit)
         try:
             outcomes = unit.outcomes()
-            stamp = (threading.current_thread().name, [unit.began, perf_counter()])
+            stamp = (threading.current_thread().name, (unit.began, perf_counter()))
             unit.sink(unit.calls, outcomes, stamp if unit.began else None)
         finally:
             self._settle()

@@ -407,7 +407,7 @@ class Local:
             else:
                 done = UnitDone(calls, slot, tag, LOST, data)
             done.seconds = ended - began
-            done.stamp = (f"pid {pid}", [began, ended])
+            done.stamp = (f"pid {pid}", (began, ended))
             self.post(done)
 
         try:

@@ -68,7 +68,8 @@ Call = tuple[
 Outcome = tuple[bool, Any]
 #: Where and when a unit ran: ``(worker, times)``, the worker a thread name or "pid N";
 #: call ``i`` of the unit ran from ``times[i]`` to ``times[i + 1]`` (``perf_counter``).
-Stamp = tuple[str, list[float]]
+#: Tuples of atoms only: runs keep one per task, and the garbage collector skips them.
+Stamp = tuple[str, tuple[float, ...]]
 #: Hears a unit's outcomes (and its Stamp, when the pool knows it), on the pool's thread.
 Sink = Callable[[list[Call], list[Outcome], "Stamp | None"], None]
 #: Asked between the calls of a chain: True stops the chain (the run is stopping).
@@ -254,8 +255,14 @@ class _ThreadPool:
                 if item is None:
                     return
                 calls, sink, stop, each = item
-                times = [perf_counter()]
-                outcomes = run_calls(calls, stop, BaseException, each, times)
+                if len(calls) == 1:
+                    began = perf_counter()
+                    outcomes = run_calls(calls, stop, BaseException)
+                    times: tuple[float, ...] = (began, perf_counter())
+                else:
+                    ends = [perf_counter()]
+                    outcomes = run_calls(calls, stop, BaseException, each, ends)
+                    times = tuple(ends)
                 if outcomes:  # a unit skipped by a stopped run says nothing of its length
                     # Unlocked and racy on purpose: a smoothed hint, not bookkeeping.
                     self._mean += (times[-1] - times[0] - self._mean) * 0.2
@@ -658,7 +665,7 @@ class _ProcessPool:
             else:
                 parts, pid, times = result
                 self.received(sum(len(data) for _, data in parts))
-                sink(calls, decode_outcomes(calls, parts, raw), (f"pid {pid}", times))
+                sink(calls, decode_outcomes(calls, parts, raw), (f"pid {pid}", tuple(times)))
 
         work = _Work(_process_entry, (payload,), finish, stop, timeout)
         work.calls = calls

@@ -62,7 +62,7 @@ from ._pools import (
 from ._progress import Progress, check_progress
 from ._results import Results, RunStats
 from ._state import RunState, sink_keys
-from ._timings import Deps, TaskTable
+from ._timings import Deps, TaskTable, Timing
 from ._worker import FAILED, LOST, OK
 
 if TYPE_CHECKING:
@@ -712,7 +712,7 @@ class _Run:
     Observation (``results.stats``, ``on_event``, ``progress``):
         stamps     id(calls) -> Stamp (worker, call times), written by the pools'
                    threads just before they post the unit, taken by the loop
-        timing     key -> (Stamp, index of its call): where and when it last ran
+        timing     key -> (worker, (started, finished)): where and when it last ran
         queued_at  key -> when it last became ready; cached: key -> when reused
         events     TaskEvents not handed to the callback yet (``flush``)
     """
@@ -804,7 +804,7 @@ class _Run:
         self.next_draw = 0.0
         self.events: list[TaskEvent] = []
         self.stamps: dict[int, Stamp] = {}  # id(calls) -> its Stamp, from pool threads
-        self.timing: dict[Hashable, tuple[Stamp, int]] = {}  # key -> (Stamp, call index)
+        self.timing = Timing()  # key -> worker, started, finished
         self.queued_at: dict[Hashable, float] = {}
         self.cached: dict[Hashable, float] = {}  # keys whose value was reused -> when
         self.done = 0  # keys with a final outcome
@@ -1004,12 +1004,10 @@ class _Run:
         worker = ""
         when = time.perf_counter()
         if what != "queued":
-            ran = self.timing.get(key)
-            if ran is not None:
-                (worker, times), i = ran
-                j = i if what == "started" else i + 1
-                if j < len(times):
-                    when = times[j]
+            timing = self.timing
+            if key in timing:
+                worker = timing.worker[key]
+                when = (timing.started if what == "started" else timing.finished)[key]
         tries = self.attempts.get(key, 1) if attempt is None else attempt
         self.events.append(TaskEvent(what, key, self.tasks[key].kind, worker, tries, when, error))
 
@@ -1093,7 +1091,7 @@ class _Run:
         self.busy[kind] -= 1
         clock.lend(self.pool(kind))  # what is queued behind it does not wait for it
         self.abandoned = True
-        self.timing[key] = ((clock.worker, [clock.began, time.perf_counter()]), 0)
+        self.timing.note(key, (clock.worker, (clock.began, time.perf_counter())))
         if self.emitter is not None:
             self.event("started", key)
         exc = Expired(timeout, "a thread cannot be stopped: it was abandoned and runs on")
@@ -1204,7 +1202,7 @@ class _Run:
             if limited and task.opts is not None and not self.acquire(key, task.opts.resources):
                 continue  # deferred until what it needs is free
             if localize and task.kind == "process":
-                self.local_units().enqueue(key, task.preds, first)
+                self.local_units().enqueue(key, task.deps, first)
             elif first:
                 waiting[task.kind].appendleft(key)
             else:
@@ -1305,7 +1303,7 @@ class _Run:
                 # stops the run, as it would stop the same code called directly.
                 times = [time.perf_counter()]
                 outcomes = run_calls(calls, None, Exception, None, times)
-                self.stamps[id(calls)] = (threading.current_thread().name, times)
+                self.stamps[id(calls)] = (threading.current_thread().name, tuple(times))
             else:
                 raw = task.kind == "process" and self.raw(key)
                 pool.submit(calls, self.sinks[task.kind], self.stop.is_set, each, raw, timeout)
@@ -1365,7 +1363,7 @@ class _Run:
             self.read_here = set()
             for k in self.state.run_keys:
                 task = tasks[k]
-                (self.read_there if task.kind == "process" else self.read_here).update(task.preds)
+                (self.read_there if task.kind == "process" else self.read_here).update(task.deps)
         return self.read_here
 
     # -- process units that run where their inputs are (see _locality) ----------------
@@ -1384,7 +1382,7 @@ class _Run:
 
     def inputs_of(self, unit: Hashable) -> tuple[Hashable, ...]:
         key = unit.key if type(unit) is _Redo else unit
-        return self.tasks[key].preds
+        return self.tasks[key].deps
 
     def start_local(self, unit: Hashable, slot: int) -> None:
         """Start a process unit on worker ``slot``, unless an input has to come first.
@@ -1397,7 +1395,7 @@ class _Run:
         redo = type(unit) is _Redo
         key = unit.key if redo else unit  # type: ignore[attr-defined]
         task = self.tasks[key]
-        lost = [d for d in task.preds if not self.has_value(d)]
+        lost = [d for d in task.deps if not self.has_value(d)]
         if lost:
             if redo:
                 self.restore_inputs(key, lost)
@@ -1405,7 +1403,7 @@ class _Run:
                 self.park(key, lost)
             return
         try:
-            if local.fetch_for(unit, task.preds, slot):
+            if local.fetch_for(unit, task.deps, slot):
                 return
         except CannotMove as exc:
             if redo:
@@ -1452,13 +1450,13 @@ class _Run:
         redo = done.tag == _REDO
         if done.status == LOST:  # an input was not in its worker: place it again
             local.lose(done.value, done.slot)
-            local.enqueue(_Redo(key) if redo else key, self.tasks[key].preds, True)
+            local.enqueue(_Redo(key) if redo else key, self.tasks[key].deps, True)
             return
         if done.status is None and done.value is SKIPPED:
             return  # the run stopped before it started
         local.ran(done, key, again=redo)
         if done.stamp is not None and not redo:
-            self.timing[key] = (done.stamp, 0)
+            self.timing.note(key, done.stamp)
         if self.emitter is not None and not redo:
             self.event("started", key)
         if done.status == OK:
@@ -1736,7 +1734,9 @@ class _Run:
         private = self.private
         holding = self.holding
         stamps = self.stamps
-        timing = self.timing
+        started_at = self.timing.started
+        finished_at = self.timing.finished
+        worker_of = self.timing.worker
         emitter = self.emitter
         ready: list[Hashable] = []
         for calls, outcomes, kind in batch:
@@ -1754,9 +1754,13 @@ class _Run:
                 del self.ignored[id(calls)]  # abandoned: already accounted for
                 self.inflight += 1
                 continue
-            if stamp is not None:
-                for i, call in enumerate(calls[: len(outcomes)]):
-                    timing[call[0]] = (stamp, i)
+            if stamp is not None and outcomes:
+                worker, times = stamp
+                for i in range(len(outcomes)):  # one, or a chain's: each key its times
+                    key = calls[i][0]
+                    started_at[key] = times[i]
+                    finished_at[key] = times[i + 1]
+                    worker_of[key] = worker
             if kind is not None and kind is not _JOINED:
                 busy[kind] -= 1
             if self.clocks:

@@ -14,7 +14,35 @@ from ._graph import _Task
 from ._pools import Stamp
 from ._stats import TaskStats
 
-__all__ = ["Deps", "TaskTable"]
+__all__ = ["Deps", "TaskTable", "Timing"]
+
+
+class Timing:
+    """Where and when each task last ran, in three dicts of atoms (floats, str): a run
+    keeps one entry per task, and the garbage collector never scans these."""
+
+    __slots__ = ("finished", "started", "worker")
+
+    def __init__(self) -> None:
+        self.started: dict[Hashable, float] = {}
+        self.finished: dict[Hashable, float] = {}
+        self.worker: dict[Hashable, str] = {}
+
+    def note(self, key: Hashable, stamp: Stamp, i: int = 0) -> None:
+        """Record call ``i`` of a unit stamped ``stamp`` as ``key``'s last run."""
+        worker, times = stamp
+        self.started[key] = times[i]
+        self.finished[key] = times[i + 1]
+        self.worker[key] = worker
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.started
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self.started)
+
+    def __len__(self) -> int:
+        return len(self.started)
 
 
 class TaskTable(Mapping[Hashable, TaskStats]):
@@ -23,7 +51,7 @@ class TaskTable(Mapping[Hashable, TaskStats]):
     def __init__(
         self,
         tasks: Mapping[Hashable, _Task],
-        timing: Mapping[Hashable, tuple[Stamp, int]],
+        timing: Timing,
         queued_at: Mapping[Hashable, float],
         attempts: Mapping[Hashable, int],
         errors: Mapping[Hashable, Any],
@@ -41,9 +69,10 @@ class TaskTable(Mapping[Hashable, TaskStats]):
         when = self._cached.get(key)
         if when is not None and key not in self._timing:
             return TaskStats(key, kind, "", 1, when, when, when, "cached")
-        (worker, times), i = self._timing[key]
-        started = times[i]
-        finished = times[i + 1] if i + 1 < len(times) else started
+        timing = self._timing
+        started = timing.started[key]
+        finished = timing.finished[key]
+        worker = timing.worker[key]
         queued = min(self._queued.get(key, started), started)
         status = "failed" if key in self._errors else "finished"
         return TaskStats(
