@@ -47,17 +47,19 @@ def _code_digest(code: types.CodeType, h: Any) -> None:
             h.update(repr(const).encode())
 
 
-@functools.lru_cache(maxsize=4096)
-def _cached_fn_digest(fn: Callable[..., Any]) -> bytes:
-    return _fn_digest(fn)
+def fn_digest(fn: Callable[..., Any], memo: dict[int, bytes] | None = None) -> bytes:
+    """A digest of what ``fn`` computes (see the module docstring).
 
-
-def fn_digest(fn: Callable[..., Any]) -> bytes:
-    """A digest of what ``fn`` computes (see the module docstring)."""
-    try:
-        return _cached_fn_digest(fn)
-    except TypeError:  # unhashable callable: not memoised
+    ``memo`` (by ``id``, for one planning pass while the functions are alive) saves
+    hashing a function once per task; it is never kept across runs, since a function
+    or a helper it calls may be redefined in between (a notebook cell, autoreload).
+    """
+    if memo is None:
         return _fn_digest(fn)
+    digest = memo.get(id(fn))
+    if digest is None:
+        digest = memo[id(fn)] = _fn_digest(fn)
+    return digest
 
 
 def _fn_digest(fn: Callable[..., Any]) -> bytes:
@@ -134,10 +136,12 @@ class _KeyPickler(cloudpickle.Pickler):  # type: ignore[misc]
         return None
 
 
-def task_key(task: _Task, keys: Mapping[Hashable, str]) -> str:
+def task_key(
+    task: _Task, keys: Mapping[Hashable, str], memo: dict[int, bytes] | None = None
+) -> str:
     """The content key of ``task``, given the keys of its dependencies."""
     h = hashlib.blake2b(digest_size=32)
-    h.update(fn_digest(task.fn))
+    h.update(fn_digest(task.fn, memo))
     args = task.args
     if isinstance(task.refs, tuple) and task.refs:  # these positions hold dependency keys
         stored = list(args)
@@ -162,6 +166,7 @@ def task_keys(
     none (unpicklable, or downstream of one), why."""
     keys: dict[Hashable, str] = {}
     why: dict[Hashable, str] = {}
+    memo: dict[int, bytes] = {}  # the tasks' functions are alive (in ``tasks``) meanwhile
     for key in order:
         task = tasks[key]
         missing = next((d for d in task.preds if d not in keys), None)
@@ -169,7 +174,7 @@ def task_keys(
             why[key] = f"it depends on {missing!r}, which has no cache key"
             continue
         try:
-            keys[key] = task_key(task, keys)
+            keys[key] = task_key(task, keys, memo)
         except Uncacheable as exc:
             why[key] = str(exc)
     return keys, why
@@ -215,7 +220,8 @@ _reported_lock = threading.Lock()
 
 
 def _report_once(key: Hashable, fn: Callable[..., Any], exc: Exception) -> None:
-    name = getattr(fn, "__qualname__", type(fn).__qualname__)
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    name = f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', type(target).__qualname__)}"
     with _reported_lock:
         if name in _reported:
             return
