@@ -1118,6 +1118,23 @@ def lint_trace(mode: Mode, workers: int, out: Path, timeout: float) -> dict[str,
     return {"ok": ok, "trace": str(trace), "summary": summary, "cache": cache}
 
 
+def dask_overhead(mode: Mode, timeout: float) -> dict[str, Any]:
+    """Print what a task costs on a dask LocalCluster beside dagexec's local processes
+    (``bench/dask_overhead.py``, in a subprocess of its own)."""
+    n, repeats = ("500", "3") if mode.name == "quick" else ("2000", "5")
+    command = [sys.executable, str(REPO / "bench" / "dask_overhead.py"), "--n", n]
+    command += ["--repeats", repeats]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"## Per-task overhead on dask\n\n- timed out after {timeout:.0f} s\n")
+        return {"ok": False}
+    print(done.stdout.strip() if done.returncode == 0 else
+          f"## Per-task overhead on dask\n\n- **failed** (exit {done.returncode})")  # fmt: skip
+    print()
+    return {"ok": done.returncode == 0, "table": done.stdout}
+
+
 def _finish(report: dict[str, Any], targets: list[Target], args: argparse.Namespace) -> int:
     """Write the JSON and the chart, print the summary; return the exit status."""
     failed = [
@@ -1196,6 +1213,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if "d" in workloads:
         report["lint_trace"] = lint_trace(mode, args.workers, args.out, timeout)
+    if "a" in workloads:
+        report["dask_overhead"] = dask_overhead(mode, timeout)
 
     targets = evaluate_targets(report)
     report["targets"] = [asdict(t) for t in targets]

@@ -983,14 +983,25 @@ def _alive(executor: ProcessPoolExecutor) -> bool:
 
 
 class _ExecutorPool:
-    """Any concurrent.futures.Executor given by the user; never shut down by us."""
+    """Any concurrent.futures.Executor given by the user; never shut down by us.
+
+    ``_inflight`` maps each future not yet done to its unit and its run's ``stop``, so
+    that ``cancel(stop)`` withdraws a stopped run's units from the executor; a unit
+    cancelled so reports ``Stopped``. A worker lost under a unit is ``WorkerDied``: the
+    executor is broken (``BrokenExecutor``), or dask gave up on the task (``KilledWorker``,
+    after it ran it again on other workers ``allowed-failures`` times). The executor's
+    workers may be other machines: a unit is timed from here, from its submission.
+    """
 
     def __init__(self, executor: Executor, kind: str) -> None:
         self._executor = executor
-        self._portable = kind == "process"
+        # A thread task sent to other processes (a dask cluster) travels pickled too.
+        self._portable = kind == "process" or _elsewhere(executor)
         self._name = type(executor).__name__
         workers = getattr(executor, "_max_workers", None)
         self.capacity = 2 * workers if isinstance(workers, int) and workers > 0 else 256
+        self._lock = threading.Lock()
+        self._inflight: dict[Future[Any], tuple[list[Call], Stop | None]] = {}
 
     def submit(
         self,
@@ -1012,31 +1023,129 @@ class _ExecutorPool:
             if self._portable:
                 future: Future[Any] = self._executor.submit(_process_entry, payload)
             else:
-                future = self._executor.submit(run_calls, calls, stop, BaseException, each)
+                future = self._executor.submit(_run_here, calls, stop, each)
         except Exception as exc:  # the user's executor is shut down or broken
-            failed = _worker_died(exc) if isinstance(exc, BrokenExecutor) else exc
-            sink(calls, [(False, failed)], None)
+            sink(calls, [(False, _lost_under(exc))], None)
             return
         sent = perf_counter()
-        future.add_done_callback(lambda f: sink(calls, *self._outcomes(calls, f, raw, sent)))
+        with self._lock:  # before the callback, which may run at once, takes it out
+            self._inflight[future] = (calls, stop)
+        future.add_done_callback(partial(self._done, calls, sink, stop, raw, sent))
+
+    def _done(
+        self,
+        calls: list[Call],
+        sink: Sink,
+        stop: Stop | None,
+        raw: bool,
+        sent: float,
+        future: Future[Any],
+    ) -> None:
+        with self._lock:
+            self._inflight.pop(future, None)
+        sink(calls, *self._outcomes(calls, future, stop, raw, sent))
 
     def _outcomes(
-        self, calls: list[Call], future: Future[Any], raw: bool, sent: float
+        self, calls: list[Call], future: Future[Any], stop: Stop | None, raw: bool, sent: float
     ) -> tuple[list[Outcome], Stamp]:
-        """The outcomes of a unit, and a Stamp as seen from here: the executor's workers
-        may be other machines, with clocks of their own."""
-        stamp = (self._name, [sent, perf_counter()])
+        """The outcomes of a unit, and its Stamp on our clock: the executor's workers may
+        be other machines, whose times are shifted to end when the outcome came back."""
+        now = perf_counter()
+        stamp = (self._name, (sent, now))
+        if future.cancelled():
+            if stop is not None and stop():
+                return [(False, Stopped())], stamp
+            return [(False, RuntimeError(_CANCELLED_ELSEWHERE))], stamp
         exc = future.exception()
         if exc is not None:
-            return [(False, _worker_died(exc) if isinstance(exc, BrokenExecutor) else exc)], stamp
+            _unpin(exc)
+            return [(False, _lost_under(exc))], stamp
         result = future.result()
         if not self._portable:
-            return result, stamp
-        parts, pid, _ = result
-        return decode_outcomes(calls, parts, raw), (f"{self._name} pid {pid}", stamp[1])
+            outcomes, thread, times = result
+            return outcomes, (thread, times)
+        parts, pid, times = result
+        shift = now - times[-1]
+        stamp = (f"{self._name} pid {pid}", tuple(t + shift for t in times))
+        return decode_outcomes(calls, parts, raw), stamp
+
+    def cancel(self, stop: Stop, spare: Callable[[list[Call]], bool] | None = None) -> int:
+        """Cancel the units in flight submitted with ``stop``; they report ``Stopped``.
+
+        A future that has not started is cancelled; one that runs cannot be, except on
+        dask.distributed, whose futures never say they started: there the cluster drops
+        the task, and a worker already running it runs on until the function returns.
+        ``spare(calls)`` says to leave a unit alone (another caller waits for it).
+        Return how many were cancelled.
+        """
+        with self._lock:
+            units = [(f, calls) for f, (calls, s) in self._inflight.items() if s == stop]
+        cancelled = 0
+        for future, calls in units:
+            # Not under the lock: cancel() runs the done callbacks, _done among them.
+            if (spare is None or not spare(calls)) and future.cancel():
+                cancelled += 1
+        return cancelled
 
     def shutdown(self, wait: bool = True) -> None:
         """Leave the user's executor alone."""
+
+
+def _run_here(
+    calls: list[Call], stop: Stop | None, each: Each | None
+) -> tuple[list[Outcome], str, tuple[float, ...]]:
+    """Run a unit on a thread of the user's executor: its outcomes, the thread's name
+    and the times of its calls (as in a Stamp)."""
+    times = [perf_counter()]
+    outcomes = run_calls(calls, stop, BaseException, each, times)
+    return outcomes, threading.current_thread().name, tuple(times)
+
+
+_CANCELLED_ELSEWHERE = (
+    "its executor cancelled it (not dagexec): was the executor shut down, or the dask "
+    "client closed or restarted?"
+)
+
+
+def _elsewhere(executor: Executor) -> bool:
+    """Say whether ``executor`` runs its work in other processes (so it pickles it)."""
+    from concurrent.futures import ProcessPoolExecutor as StdProcessPoolExecutor
+
+    module = type(executor).__module__
+    return (
+        module.split(".")[0] in ("distributed", "loky")
+        or module == "dagexec.executors"  # DaskExecutor
+        or isinstance(executor, StdProcessPoolExecutor)
+    )
+
+
+def _unpin(exc: BaseException) -> None:
+    """Drop dask's own frames from the traceback of a task's exception.
+
+    dask's ClientExecutor raises the exception in the frame that holds the task's
+    future, and its client keeps the exception: the future would never be released,
+    and the failed task would stay on the cluster until the client is closed.
+    """
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_globals.get("__name__") == "distributed.cfexecutor":
+        tb = tb.tb_next
+    exc.__traceback__ = tb
+
+
+def _lost_under(exc: BaseException) -> BaseException:
+    """Return what to report for a unit whose executor raised ``exc``: ``WorkerDied``
+    when its worker was lost, else ``exc``."""
+    if isinstance(exc, BrokenExecutor):
+        return _worker_died(exc)
+    kind = type(exc)
+    if kind.__name__ == "KilledWorker" and kind.__module__.startswith("distributed"):
+        died = WorkerDied(
+            "the dask worker running this task died, and so did each worker dask ran it on "
+            "again (its distributed.scheduler.allowed-failures); see __cause__"
+        )
+        died.__cause__ = exc
+        return died
+    return exc
 
 
 Pool = Union[_ThreadPool, _ProcessPool, _ExecutorPool, "_AsyncPool"]

@@ -1154,11 +1154,17 @@ class _Run:
                 keep(key, cell.value)
 
     def halt_workers(self) -> None:
-        """Terminate process workers and cancel async tasks running this run's units."""
+        """Terminate process workers and cancel async tasks running this run's units;
+        withdraw its units from executors the user gave (dask drops them too)."""
         stop = self.stop.is_set
+        spare = None if self.private else self.joined
         pool = self.pools.peek("process")
         if isinstance(pool, _ProcessPool):
-            pool.kill(stop, None if self.private else self.joined)
+            pool.kill(stop, spare)
+        for kind in ("process", "thread"):
+            given = self.pools.peek(kind)
+            if isinstance(given, _ExecutorPool):
+                given.cancel(stop, spare)
         for async_pool in (self.pools.peek("async"), self.loop_pool):
             if async_pool is not None:
                 async_pool.cancel(stop)  # type: ignore[union-attr]

@@ -41,6 +41,14 @@ def test_all_is_pinned() -> None:
     assert dagexec.__all__ == EXPORTS
 
 
+def test_executors_module_is_pinned() -> None:
+    import dagexec.executors
+
+    assert dagexec.executors.__all__ == ["DaskExecutor", "dask"]
+    for name in dagexec.executors.__all__:
+        assert getattr(dagexec.executors, name).__doc__
+
+
 def test_star_import_gives_exactly_all() -> None:
     namespace: dict[str, object] = {}
     exec("from dagexec import *", namespace)

@@ -43,3 +43,8 @@ def test_map_shared_example_runs(tmp_path: Path) -> None:
     # b.py len(), one loop, x/len/y/x.
     output = _run_section_example(tmp_path, "## One call for the two-stage pattern")
     assert output == "[2, 1, 4, 1, 1, 4]"
+
+
+def test_scaling_out_example_runs_on_a_local_cluster(tmp_path: Path) -> None:
+    # Call nodes: a.py range() and print(); b.py len().
+    assert _run_section_example(tmp_path, "## Scaling out") == "3"

@@ -242,6 +242,19 @@ def test_user_thread_executor_runs_thread_tasks_and_stays_open() -> None:
         assert ex.submit(inc, 41).result(timeout=WAIT) == 42  # not shut down by dagexec
 
 
+def test_a_chain_of_thread_tasks_on_a_user_thread_executor_has_each_task_timed() -> None:
+    # a -> b -> c is a chain, run back to back on one of the user's threads.
+    with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="user-pool") as ex:
+        g = dagexec.Graph()
+        c = g.add("c", inc, g.add("b", inc, g.add("a", inc, 0)))
+        res = g.run(executors={"thread": ex}, targets=[c])
+    assert res["c"] == 3
+    tasks = res.stats.tasks
+    assert [tasks[k].worker.startswith("user-pool") for k in "abc"] == [True] * 3
+    assert tasks["a"].started <= tasks["a"].finished <= tasks["b"].started
+    assert tasks["b"].finished <= tasks["c"].started <= tasks["c"].finished
+
+
 def _loky_pool() -> concurrent.futures.Executor:
     return loky.ProcessPoolExecutor(max_workers=1)
 
