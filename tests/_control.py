@@ -15,8 +15,10 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 WAIT = 30.0  # seconds: bounds a wait that must succeed
 
@@ -221,3 +223,37 @@ class Gate:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+class Canceller:
+    """Calls ``runner.cancel()`` from its own thread once ``trigger()`` returns, or
+    raises (the run must end either way; ``__exit__`` raises that error)."""
+
+    def __init__(self, runner: Any, trigger: Callable[[], object]) -> None:
+        self.at = 0.0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(runner, trigger), name="cancel")
+
+    def _run(self, runner: Any, trigger: Callable[[], object]) -> None:
+        try:
+            trigger()
+        except BaseException as exc:  # reported by __exit__
+            self.error = exc
+        finally:
+            self.at = time.monotonic()
+            runner.cancel()
+
+    def __enter__(self) -> Canceller:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+
+    def took(self) -> float:
+        """Seconds from the cancel to now."""
+        assert self.at, "cancel() was never called"
+        return time.monotonic() - self.at

@@ -21,7 +21,7 @@ from concurrent.futures import CancelledError
 from pathlib import Path
 
 import pytest
-from _control import WAIT, Gate, held, lines, lingering, record_and_return
+from _control import WAIT, Canceller, Gate, held, lines, lingering, record_and_return
 from conftest import _children
 
 from dagexec import Cancelled, DagexecError, Graph, Results, Runner
@@ -42,38 +42,6 @@ def spawned(before: dict[int, str]) -> dict[int, str]:
 def new_children(before: dict[int, str]) -> dict[int, str]:
     """Those of ``spawned(before)`` that are not in the middle of exiting."""
     return lingering(spawned(before))
-
-
-class Canceller:
-    """Calls ``runner.cancel()`` from its own thread once ``trigger()`` returns."""
-
-    def __init__(self, runner: Runner, trigger: Callable[[], object]) -> None:
-        self.at = 0.0
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(runner, trigger), name="cancel")
-
-    def _run(self, runner: Runner, trigger: Callable[[], object]) -> None:
-        try:
-            trigger()
-            self.at = time.monotonic()
-            runner.cancel()
-        except BaseException as exc:  # reported by join()
-            self.error = exc
-
-    def __enter__(self) -> Canceller:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.thread.join(WAIT)
-        assert not self.thread.is_alive()
-        if self.error is not None:
-            raise self.error
-
-    def took(self) -> float:
-        """Seconds from the cancel to now."""
-        assert self.at, "cancel() was never called"
-        return time.monotonic() - self.at
 
 
 class Hang:

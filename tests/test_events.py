@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
-from _control import WAIT, Gate, attempt, flaky, held, lines
+from _control import WAIT, Canceller, Gate, attempt, flaky, held, lines
 
 from dagexec import Cancelled, Graph, Results, Runner, TaskEvent, TaskFailed
 
@@ -305,20 +305,14 @@ def test_a_cancelled_run_reports_what_never_finished() -> None:
         p = g.add("p", held, gate.port, "p", pquick, kind="process")
         g.add("pafter", value, 5, p)
 
-        def cancel_when_both_hold() -> None:
-            try:
-                hang.entered.wait(WAIT)
-                gate.arrivals(1)
-            finally:
-                runner.cancel()  # whatever happened: the run must end
+        def both_hold() -> None:
+            hang.entered.wait(WAIT)
+            gate.arrivals(1)
 
-        canceller = threading.Thread(target=cancel_when_both_hold, name="cancel")
-        canceller.start()
         try:
-            with pytest.raises(Cancelled) as info:
+            with Canceller(runner, both_hold), pytest.raises(Cancelled) as info:
                 runner.run(g, on_event=recorder)
         finally:
-            canceller.join(WAIT)
             hang.release.set()
     keys = list(g)
     assert_cancelled_exactly_what_did_not_finish(recorder, keys)
@@ -366,17 +360,13 @@ def test_a_chained_task_that_finished_before_a_cancel_is_not_reported_cancelled(
         b = g.add("b", hang, a)
         g.add("c", value, 2, b)
 
-        def cancel() -> None:
-            hang.entered.wait(WAIT)  # "a" has returned: "b" has its value
-            runner.cancel()
-
-        canceller = threading.Thread(target=cancel, name="cancel")
-        canceller.start()
-        try:
-            with pytest.raises(Cancelled) as info:
+        try:  # "b" hangs: "a" has returned, "b" has its value
+            with (
+                Canceller(runner, lambda: hang.entered.wait(WAIT)),
+                pytest.raises(Cancelled) as info,
+            ):
                 runner.run(g, on_event=recorder)
         finally:
-            canceller.join(WAIT)
             hang.release.set()
     assert recorder.keys("cancelled") >= {"b", "c"}
     assert "cancelled" not in recorder.types("a"), recorder.types("a")
