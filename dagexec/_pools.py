@@ -881,8 +881,7 @@ class _ProcessPool:
             if slot.generation != generation:
                 return
             slot.up = True
-            if slot.running and not slot.running[0].began:
-                slot.running[0].began = monotonic()
+            _begin_head(slot)
 
     def _join_starters(self) -> None:
         for slot in self._slots:
@@ -919,8 +918,8 @@ class _ProcessPool:
         with self._lock:
             if work in slot.running:
                 slot.running.remove(work)
-                if exc is None and slot.running and not slot.running[0].began:
-                    slot.running[0].began = monotonic()  # the next one starts now
+                if exc is None:
+                    _begin_head(slot)  # the next one starts now
         result: Any = None
         error: BaseException | None = None
         if exc is None:
@@ -965,6 +964,12 @@ class _ProcessPool:
             executor.shutdown(wait=wait, kill_workers=executor in self._killed)
         if wait and self._doomed:  # terminated workers are gone, not just signalled
             mp_wait(self._doomed, timeout=_KILL_WAIT)
+
+
+def _begin_head(slot: _Slot) -> None:
+    """Start the clock of the unit now oldest on ``slot`` (under the pool's lock)."""
+    if slot.running and not slot.running[0].began:
+        slot.running[0].began = monotonic()
 
 
 def _slot_load(slot: _Slot) -> int:

@@ -32,8 +32,9 @@ from contextlib import contextmanager, suppress
 from functools import partial
 from queue import Empty, SimpleQueue
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
+from ._cache import DiskCache
 from ._cachekey import StoreValue, task_keys
 from ._errors import Cancelled, DuplicateKeyError, TaskFailed, TaskTimeout, WorkerDied, _Interrupted
 from ._events import EventType, TaskEvent, _Emitter, check_on_event
@@ -64,9 +65,6 @@ from ._results import Results, RunStats
 from ._state import RunState, sink_keys
 from ._timings import Deps, TaskTable, Timing
 from ._worker import FAILED, LOST, OK
-
-if TYPE_CHECKING:
-    from ._cache import DiskCache
 
 __all__ = ["Runner"]
 
@@ -425,9 +423,7 @@ class Runner:
         policy = check_policy("run()", retries, retry_on, backoff)
         if timeout is not None and not positive_seconds(timeout):
             raise ValueError(f"run(timeout=) takes finite seconds > 0, not {timeout!r}")
-        show = check_progress(progress)
-        emitter = check_on_event(on_event)
-        run = _Run(
+        return _Run(
             self,
             graph,
             _target_keys(graph, targets),
@@ -437,10 +433,9 @@ class Runner:
             timeout,
             check_limits(limits),
             self._cache if cache is None else _check_cache(cache),
+            check_progress(progress),
+            check_on_event(on_event),
         )
-        run.emitter = emitter
-        run.show = show
-        return run
 
     def _execute(self, run: _Run) -> Results:
         with self._lock:
@@ -606,11 +601,7 @@ class _Shipping(Mapping[Hashable, Any]):
 
 def _check_cache(cache: object) -> DiskCache | None:
     """Check a ``cache=`` argument: None or a DiskCache."""
-    if cache is None:
-        return None
-    from ._cache import DiskCache
-
-    if isinstance(cache, DiskCache):
+    if cache is None or isinstance(cache, DiskCache):
         return cache
     raise TypeError(f"cache must be a dagexec.DiskCache or None, not {cache!r}")
 
@@ -728,6 +719,8 @@ class _Run:
         timeout: float | None = None,
         limits: Mapping[str, float] | None = None,
         cache: DiskCache | None = None,
+        show: bool | str = False,
+        emitter: _Emitter | None = None,
     ) -> None:
         self.started = time.perf_counter()
         self.once = runner._once
@@ -798,8 +791,8 @@ class _Run:
         self.early: dict[Hashable, Any] = {}  # values computed in chains (keep_each)
         self.early_done: dict[Hashable, float] = {}  # keys a chain computed -> when
         # What the run saw (statistics, events, progress); times are perf_counter().
-        self.emitter: _Emitter | None = None  # set by Runner._plan, like ``show``
-        self.show: bool | str = False
+        self.emitter = emitter  # hands TaskEvents to on_event
+        self.show = show  # progress=
         self.progress: Progress | None = None
         self.next_draw = 0.0
         self.events: list[TaskEvent] = []
@@ -1030,7 +1023,15 @@ class _Run:
                 running += min(self.busy[kind], self.pools.size(kind))
         self.progress.update(self.done, running, len(self.state.errors), self.retried)
 
-    def unfinished(self, skipped: Mapping[Hashable, Any]) -> list[Hashable]:
+    def finished_early(self) -> set[Hashable]:
+        """Keys that returned inside a chain the run's stop cut short: the loop never
+        handled them (a private run noted them in ``keep_each``, a shared one settled
+        their cells)."""
+        early = {k for k in self.early_done if k not in self.timing}
+        early.update(k for k, cell in self.cells.items() if cell.done and cell.ok)
+        return early
+
+    def unfinished(self, skipped: Mapping[Hashable, Any], early: set[Hashable]) -> list[Hashable]:
         """The keys of a stopped run that never got an outcome (cancelled)."""
         state = self.state
         done = self.timing
@@ -1043,8 +1044,8 @@ class _Run:
             and k not in skipped
             and k not in self.cached
             and k not in state.values
-            and k not in self.early_done
-            and not (k in cells and cells[k].done)  # a chain of a shared run settled it
+            and k not in early
+            and not (k in cells and cells[k].done)  # failed inside a shared run's chain
         ]
 
     def workers(self) -> dict[str, int]:
@@ -1199,11 +1200,12 @@ class _Run:
         localize = self.localize
         limited = bool(self.free)
         queued_at = self.queued_at
+        emitter = self.emitter
         now = time.perf_counter()
         for key in reversed(keys) if first else keys:
             task = tasks[key]
             queued_at[key] = now
-            if self.emitter is not None:
+            if emitter is not None:
                 self.event("queued", key)
             if limited and task.opts is not None and not self.acquire(key, task.opts.resources):
                 continue  # deferred until what it needs is free
@@ -1929,15 +1931,18 @@ class _Run:
                 errors[key]._set_chains(chains)
                 for chain in chains:
                     skipped[chain[0]] = errors[key]
+        cut_short = stopped or self.first is not None
+        early = self.finished_early() if cut_short else set()
         if self.emitter is not None:
             for key, failure in skipped.items():
                 self.event("skipped", key, failure)
-            if stopped or self.first is not None:  # what never got to run
-                for key, when in self.early_done.items():
-                    if key not in self.timing and key not in state.errors:
+            if cut_short:
+                for key in early:
+                    if key in self.early_done:  # a shared run reported its cells already
                         task = self.tasks[key]
+                        when = self.early_done[key]
                         self.events.append(TaskEvent("finished", key, task.kind, "", 1, when))
-                for key in self.unfinished(skipped):
+                for key in self.unfinished(skipped, early):
                     self.event("cancelled", key)
             self.flush()
         if self.progress is not None:  # the final counts, then the bar is done
@@ -1969,11 +1974,8 @@ class _Run:
         results = Results(state.target_values(), errors, skipped, stats)
         results._tasks = self.tasks
         results._keys = (state.reused, state.run_keys)
-        results._stopped = stopped or self.first is not None
-        if results._stopped:  # finished inside a chain the stop cut short
-            early = {k for k in self.early_done if k not in self.timing}
-            early.update(k for k, cell in self.cells.items() if cell.done and cell.ok)
-            results._finished = early
+        results._stopped = cut_short
+        results._finished = early
         if self.first is not None and raising:
             self.first.results = results
             raise self.first
