@@ -608,20 +608,27 @@ def _check_cache(cache: object) -> DiskCache | None:
 
 def _upstream_order(
     tasks: Mapping[Hashable, _Task], wanted: Iterable[Hashable], held: Mapping[Hashable, Any]
-) -> list[Hashable]:
-    """The keys ``wanted`` needs (not through ``held`` ones), dependencies first."""
+) -> list[Hashable] | None:
+    """The keys ``wanted`` needs (not through ``held`` ones), dependencies first; None
+    if a needed key is missing or in a cycle (``RunState`` then says which, clearly)."""
     needed: dict[Hashable, None] = {}
     stack = [k for k in wanted if k not in held]
     while stack:
         key = stack.pop()
         if key in needed:
             continue
+        task = tasks.get(key)
+        if task is None:
+            return None
         needed[key] = None
-        stack.extend(d for d in tasks[key].preds if d not in held and d not in needed)
+        stack.extend(d for d in task.preds if d not in held and d not in needed)
     sorter: graphlib.TopologicalSorter[Hashable] = graphlib.TopologicalSorter()
     for key in needed:
         sorter.add(key, *(d for d in tasks[key].preds if d in needed))
-    return list(sorter.static_order())
+    try:
+        return list(sorter.static_order())
+    except graphlib.CycleError:
+        return None
 
 
 def _target_keys(
@@ -819,6 +826,8 @@ class _Run:
         """
         wanted = sink_keys(tasks) if targets is None else targets
         order = _upstream_order(tasks, wanted, held)
+        if order is None:
+            return {}  # a bad graph: RunState raises before any work starts
         keys, why = task_keys(tasks, order)
         if why:
             first = ", ".join(f"{k!r} ({reason})" for k, reason in list(why.items())[:3])

@@ -576,3 +576,18 @@ def test_values_written_by_another_process_are_hits(tmp_path: Path) -> None:
     assert lines(log) == ["a", "b", "c"]
     assert dict(results) == {"c": ("c", ("b", ("a",)))}
     assert results.stats.tasks_cached == 1
+
+
+def test_a_bad_graph_with_a_cache_raises_the_usual_clear_error(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path / "cache")
+    missing = Graph()
+    missing.add("b", str, missing.ref("a"))
+    with pytest.raises(dagexec.MissingDependencyError, match="'a'"):
+        missing.run(cache=cache)
+    cycle = Graph()
+    cycle.add("a", str, cycle.ref("b"))
+    cycle.add("b", str, cycle.ref("a"))
+    cycle.add("c", str, "c", after=["a"])
+    with pytest.raises(dagexec.CycleError):
+        cycle.run(cache=cache)
+    assert len(cache) == 0
